@@ -1,0 +1,34 @@
+"""Typed job specs. See :mod:`ctvlp.config.schema` (the sections) and :mod:`ctvlp.config.loader`."""
+
+from ctvlp.config.loader import (
+    DEFAULTS_PATH,
+    load_spec,
+    parse_override,
+    resolved_dict,
+    settable_dict,
+    spec_from_dict,
+    spec_hash,
+    to_yaml,
+    write_resolved,
+)
+from ctvlp.config.schema import (
+    DATA_PRESETS,
+    DataSpec,
+    DiseaseSpec,
+    EvalSpec,
+    IngestSpec,
+    InitSpec,
+    JobSpec,
+    ModelSpec,
+    PhaseSpec,
+    PhasesSpec,
+    ResourcesSpec,
+    SpecError,
+    StorageSpec,
+    TextSpec,
+    TuneSpec,
+    VQSpec,
+    is_phase_ref,
+)
+
+__all__ = [n for n in dir() if not n.startswith("_")]

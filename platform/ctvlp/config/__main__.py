@@ -1,0 +1,5 @@
+import sys
+
+from ctvlp.config.loader import main
+
+sys.exit(main())

