@@ -16,20 +16,21 @@ from typing import Any
 import pyarrow as pa
 
 # Reason code -> what it means (the summary prints this table).
+# Reason code -> what it means (the summary prints this table). The first eight are the ``kind``
+# codes of ``ctvlp.transforms.validate.VolumeError``, used unchanged.
 REASONS: dict[str, str] = {
-    "unreadable_object": "the image/mask object could not be read from storage",
-    "truncated_gzip": "the gzip stream of a .nii.gz ends early or is corrupt",
-    "bad_format": "bytes are neither NIfTI nor a readable DICOM series",
+    "unreadable": "the object could not be read from storage or decoded as NIfTI/DICOM",
+    "truncated": "the gzip stream or voxel data ends early",
     "not_3d": "the image is not a 3D volume",
-    "non_finite": "the image holds NaN or inf voxels",
-    "not_ct": "intensities are not CT Hounsfield units (or modality is not CT)",
-    "absurd_spacing": "voxel spacing outside (0.1, 20) mm or non-finite",
+    "nonfinite": "the image holds NaN or inf voxels",
+    "not_ct": "modality is not CT, or intensities are not plausible Hounsfield units",
+    "bad_spacing": "voxel spacing outside [0.1, 20] mm, or inconsistent slice spacing",
     "empty_mask": "the mask has none of the grouping's anatomies",
-    "misaligned_mask": "the mask's shape or affine differs from the image's",
-    "missing_mask": "no mask supplied and segmentation is off",
+    "mask_mismatch": "the mask's shape or affine differs from the image's",
+    "missing_mask": "no mask supplied and segmentation is 'supplied'",
     "missing_report": "no findings and no impression text",
     "duplicate_study_id": "the study id appears earlier in the manifest",
-    "processing_error": "an unexpected error while processing (see detail)",
+    "processing_error": "an unexpected error while processing (exception type in detail)",
 }
 
 SCHEMA = pa.schema(
@@ -57,26 +58,29 @@ def _scrub(text: str, secrets: list[str]) -> str:
     for s in secrets:
         if s:
             text = text.replace(s, "<redacted>")
-    text = re.sub(r"(s3://|/)[^\s'\"]+", "<path>", text)  # any path-like token
+    text = re.sub(r"s3://\S+", "<path>", text)  # any other URI or absolute path
+    text = re.sub(r"(?<![\w/])/(?:[\w.-]+/)+[\w.-]*", "<path>", text)
     return text[:200]
 
 
 def classify(exc: BaseException, secrets: list[str] = ()) -> tuple[str, str]:
     """Map an exception from decoding/processing to ``(reason, detail)``.
 
-    ``QuarantineError`` carries its reason; errors from ``ctvlp.transforms`` carry a ``reason``
-    attribute when they are validation errors; gzip/zlib/EOF errors mean a truncated stream;
-    storage errors mean an unreadable object. Anything else is ``processing_error`` with the
-    exception type, so that a new failure kind is visible instead of silently renamed.
+    ``QuarantineError`` carries its reason and ``ctvlp.transforms``' ``VolumeError`` its ``kind``;
+    gzip/zlib/EOF errors mean a truncated stream; storage errors mean an unreadable object.
+    Anything else is ``processing_error`` with the exception type, so that a new failure kind is
+    visible instead of silently renamed.
     """
     detail = _scrub(str(exc), list(secrets))
-    reason = getattr(exc, "reason", None)
-    if isinstance(reason, str) and reason in REASONS:
-        return reason, getattr(exc, "detail", None) and _scrub(exc.detail, list(secrets)) or detail
+    if isinstance(exc, QuarantineError):
+        return exc.reason, _scrub(exc.detail, list(secrets))
+    kind = getattr(exc, "kind", None)
+    if isinstance(kind, str) and kind in REASONS:
+        return kind, detail.removeprefix(f"{kind}: ")
     if isinstance(exc, (EOFError, gzip.BadGzipFile, zlib.error)):
-        return "truncated_gzip", f"{type(exc).__name__}: {detail}"
-    if isinstance(exc, (FileNotFoundError, PermissionError)):
-        return "unreadable_object", type(exc).__name__
+        return "truncated", f"{type(exc).__name__}: {detail}"
+    if isinstance(exc, (FileNotFoundError, PermissionError, OSError)):
+        return "unreadable", type(exc).__name__
     return "processing_error", f"{type(exc).__name__}: {detail}"
 
 

@@ -121,5 +121,5 @@ def storage_from_spec(spec: Any) -> Storage:
     """Build a :class:`Storage` from ``spec.storage`` (endpoint only; credentials from env)."""
     st = getattr(spec, "storage", None)
     endpoint = getattr(st, "s3_endpoint_url", None) if st is not None else None
-    sse = getattr(getattr(spec, "ingest", None), "s3_sse", "AES256")
+    sse = getattr(st, "server_side_encryption", "AES256") if st is not None else "AES256"
     return Storage(endpoint_url=endpoint, sse=sse)

@@ -318,6 +318,7 @@ class EvalSpec(Strict):
     """Zero-shot evaluation and reporting."""
 
     split: Literal["valid", "test"] = "test"
+    model: str | None = "phase4"  # an export URI, or a phase reference the pipeline resolves
     diseases: Literal["auto", "synthetic", "ctrate"] | list[DiseaseSpec] = "auto"
     threshold_protocol: Literal["evaluated", "held-out"] = "evaluated"
     bootstrap_samples: NonNegInt = 1000

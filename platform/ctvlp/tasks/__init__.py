@@ -1,1 +1,57 @@
-"""ctvlp.tasks"""
+"""One task per phase and the factory that builds a phase's task from a spec.
+
+``build_task(spec, phase, init)`` loads each initialisation strictly. ``init`` maps the phase's
+init fields (vision_encoder, text_encoder, aligned_model, vqvae) to *local* export directories;
+by default they are read from the spec, where a phase reference ("phase2") must already have been
+resolved to a URI by the pipeline (jobs/pipeline.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ctvlp.config import JobSpec, is_phase_ref
+from ctvlp.tasks.base import Task, total_loss
+from ctvlp.tasks.phase1 import DiseaseContrastiveTask
+from ctvlp.tasks.phase2 import AlignmentTask
+from ctvlp.tasks.phase3 import NormalityTask
+from ctvlp.tasks.phase4 import BoostedAlignmentTask
+
+TASKS: dict[int, type[Task]] = {
+    1: DiseaseContrastiveTask,
+    2: AlignmentTask,
+    3: NormalityTask,
+    4: BoostedAlignmentTask,
+}
+
+# init field -> [(task part, part in the export)]
+INIT_PARTS: dict[str, list[tuple[str, str]]] = {
+    "vision_encoder": [("vision", "vision")],
+    "text_encoder": [("text", "text")],
+    "aligned_model": [("vision", "vision"), ("text", "text")],
+    "vqvae": [("vqvae", "vqvae")],
+}
+
+
+def build_task(spec: JobSpec, phase: int, init: dict[str, str | Path] | None = None) -> Task:
+    """The phase's task with its initial weights loaded (strict: a listed part must load)."""
+    if phase not in TASKS:
+        raise ValueError(f"phase must be one of {sorted(TASKS)}, got {phase!r}")
+    task = TASKS[phase](spec)
+    refs = dict(spec.phase(phase).init.refs()) if init is None else {k: v for k, v in init.items() if v}
+    for field, uri in refs.items():
+        if is_phase_ref(str(uri)):
+            raise ValueError(
+                f"phases.phase{phase}.init.{field} = {uri!r} is an unresolved phase reference: run "
+                "jobs/pipeline.py (which resolves it) or give the export's URI"
+            )
+        if field not in INIT_PARTS:
+            raise ValueError(f"unknown init field {field!r}; allowed: {sorted(INIT_PARTS)}")
+        for part, source in INIT_PARTS[field]:
+            if part not in task.module:
+                raise ValueError(f"phase {phase} has no {part!r} part to initialise from {field}")
+            task.load_init(part, uri, source)
+    return task
+
+
+__all__ = ["Task", "TASKS", "build_task", "total_loss", "INIT_PARTS"]

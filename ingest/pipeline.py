@@ -1,0 +1,270 @@
+"""The Ray Data ingest job: manifest -> (segment) -> CPU stage -> shard groups -> index + summary.
+
+::
+
+    manifest (driver) --duplicates--> quarantine/_duplicates.parquet
+        | plan: study -> shard group (deterministic), skip committed groups (_done/*.json)
+        v  per wave of groups:
+    from_pandas -> [map_batches TotalSegmentatorActor, GPU actor pool, only without masks]
+                -> map_batches process_batch (CPU: read, decode, repair, canonical, crop, resample,
+                   window, boxes, report parse, tokenise, compress)
+                -> groupby(shard).map_groups(write one Parquet shard + quarantine part + marker)
+    index.json, summary.md, quarantine.parquet; check written + quarantined == manifest size
+
+Groups are processed in waves so that the all-to-all groupby holds a bounded slice of the data
+and a killed job loses at most one wave; each wave streams its map stages through Ray Data's
+executor (with its progress bars). Only study ids are ever logged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from ingest import manifest as mf
+from ingest import quarantine, shards
+from ingest.process import StageConfig, process_records
+from ingest.storage import Storage, join, storage_from_spec
+
+# Output columns of the CPU stage: the shard columns (nullable for quarantined rows) + bookkeeping.
+STAGE_SCHEMA = pa.schema(list(shards.SCHEMA) + [
+    ("status", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
+    ("seconds", pa.float64()), ("timings", pa.string()), ("shard", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """The job's parameters; :meth:`from_spec` maps a ``JobSpec`` onto it."""
+
+    source_uri: str
+    shards_uri: str
+    stage: StageConfig
+    manifest_format: str = "ctrate"
+    valid_fraction: float = 0.1
+    seed: int = 0
+    segmentation: str = "supplied"
+    totalseg_fast: bool = False
+    batch_size: int = 4
+    num_cpus_per_task: float = 1.0
+    max_studies: int = 0
+    shard_target_mb: float = 384.0
+    studies_per_shard: int = 0  # >0 overrides the size-based plan (tests)
+    groups_per_wave: int = 0  # 0 = 2 x cluster CPUs
+    mask_dir: str = "masks"  # CT-RATE layout: masks/<split>/<patient>/<study>/<volume>.nii.gz
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> IngestConfig:
+        d, ing = spec.data, spec.ingest
+        if not d.source_uri or not d.shards_uri:
+            raise ValueError("data.source_uri and data.shards_uri must be set for ingest")
+        stage = StageConfig(
+            grouping=d.grouping_table, spacing=tuple(d.spacing), hu_window=tuple(d.hu_window),
+            crop_margin=tuple(d.crop_margin), min_size=tuple(d.min_size), codec=ing.codec,
+            codec_level=ing.codec_level, repair_headers=ing.repair_headers,
+            text_name_or_path=spec.model.text.name_or_path, max_length=spec.model.text.max_length,
+            storage=storage_from_spec(spec),
+        )
+        return cls(
+            source_uri=d.source_uri, shards_uri=d.shards_uri, stage=stage,
+            manifest_format=d.manifest_format, valid_fraction=d.valid_fraction, seed=spec.seed,
+            segmentation=ing.segmentation, totalseg_fast=ing.totalseg_fast,
+            batch_size=ing.batch_size, num_cpus_per_task=ing.num_cpus_per_task,
+            max_studies=ing.max_studies, shard_target_mb=ing.shard_target_mb,
+            # Not (yet) in IngestSpec: read with defaults so that the spec can grow them later.
+            studies_per_shard=getattr(ing, "studies_per_shard", 0),
+            groups_per_wave=getattr(ing, "groups_per_wave", 0),
+            mask_dir=getattr(ing, "mask_dir", "masks"),
+        )
+
+
+def process_batch(batch: pd.DataFrame, cfg: StageConfig) -> pa.Table:
+    """``map_batches`` UDF: manifest rows -> one output row each (shard row or quarantine row)."""
+    rows = process_records(batch.to_dict("records"), cfg)
+    return pa.Table.from_pylist(rows, schema=STAGE_SCHEMA)
+
+
+def write_group_batch(group: pa.Table, storage: Storage, root: str) -> pa.Table:
+    """``map_groups`` UDF: one shard group's rows -> files + marker; returns per-study bookkeeping."""
+    rows = group.to_pylist()
+    t0 = time.perf_counter()
+    shards.write_group(rows, rows[0]["shard"], storage, root)
+    write_s = time.perf_counter() - t0
+    return pa.Table.from_pylist([
+        {"study_id": r["study_id"], "shard": r["shard"], "status": r["status"],
+         "seconds": r["seconds"], "timings": r["timings"], "write_s": write_s / len(rows)}
+        for r in rows
+    ])
+
+
+def _fingerprint(planned: pd.DataFrame, cfg: IngestConfig) -> dict[str, Any]:
+    import hashlib
+
+    st = cfg.stage
+    ids = "\n".join(f"{s}\t{p}\t{h}" for s, p, h in planned[["study_id", "split", "shard"]].itertuples(index=False))
+    return {
+        "studies_sha1": hashlib.sha1(ids.encode()).hexdigest(),
+        "grouping": st.grouping, "spacing": list(st.spacing), "hu_window": list(st.hu_window),
+        "crop_margin": list(st.crop_margin), "min_size": list(st.min_size), "codec": st.codec,
+        "codec_level": st.codec_level, "tokenizer": st.text_name_or_path, "max_length": st.max_length,
+    }
+
+
+def _check_job(storage: Storage, root: str, fp: dict[str, Any]) -> None:
+    """Refuse to mix outputs of a different manifest or processing spec in one shards_uri."""
+    uri = join(root, "_job.json")
+    if storage.exists(uri):
+        old = json.loads(storage.read_bytes(uri))
+        diff = sorted(k for k in fp if old.get(k) != fp[k])
+        if diff:
+            raise ValueError(
+                f"{root} holds shards of a different ingest (differs in {diff}); "
+                "resume only with the same manifest and spec, or choose a new data.shards_uri"
+            )
+    else:
+        storage.write_bytes(uri, json.dumps(fp, indent=1).encode())
+
+
+def _waves(shard_names: list[str], per_wave: int) -> list[list[str]]:
+    return [shard_names[i : i + per_wave] for i in range(0, len(shard_names), per_wave)]
+
+
+def prepare(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Driver-side planning: manifest, duplicates, shard plan, resume state. No decoding."""
+    storage, root = cfg.stage.storage, cfg.shards_uri
+    df = mf.build_manifest(storage, cfg.source_uri, cfg.manifest_format,
+                           valid_fraction=cfg.valid_fraction, seed=cfg.seed, mask_dir=cfg.mask_dir)
+    if cfg.max_studies:
+        df = df.head(cfg.max_studies)
+    unique, dups = mf.split_duplicates(df)
+    planned = shards.plan_shards(
+        unique, target_mb=cfg.shard_target_mb, studies_per_shard=cfg.studies_per_shard,
+        sample_mb=shards.estimate_sample_mb(cfg.stage.min_size),
+    )
+    _check_job(storage, root, _fingerprint(planned, cfg))
+    if len(dups):  # deterministic content: rewriting it on a rerun changes nothing
+        rows = [quarantine.row(r.study_id, r.split, "duplicate_study_id", "later manifest row")
+                for r in dups.itertuples()]
+        storage.write_bytes(shards.quarantine_uri(root, "_duplicates"),
+                            shards._parquet_bytes(quarantine.to_table(rows)))
+    done = shards.completed(storage, root)
+    pending = planned[~planned.shard.isin(done)]
+    log(f"[ingest] manifest: {len(df)} rows, {len(dups)} duplicate ids, "
+        f"{planned.shard.nunique()} shard groups; already done: {len(planned) - len(pending)} "
+        f"studies in {len(done)} groups; to decode now: {len(pending)} studies")
+    return {"manifest": df, "planned": planned, "pending": pending, "num_dups": len(dups)}
+
+
+def _run_wave(frame: pd.DataFrame, cfg: IngestConfig) -> pd.DataFrame:
+    import ray
+    from ray.data.context import DataContext, ShuffleStrategy
+
+    # Task-based sort shuffle for the groupby: the default hash shuffle starts aggregator actors
+    # (a process each) per run, which costs far more than shuffling a few thousand small rows.
+    ctx = DataContext.get_current()
+    previous, ctx.shuffle_strategy = ctx.shuffle_strategy, ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    try:
+        # One block per batch: a single from_pandas block would run every study in one task.
+        frame = frame.reset_index(drop=True)
+        step = cfg.batch_size
+        blocks = [frame.iloc[i : i + step] for i in range(0, len(frame), step)]
+        return _execute_wave(ray.data.from_pandas(blocks), frame, cfg)
+    finally:
+        ctx.shuffle_strategy = previous
+
+
+def _execute_wave(ds, frame: pd.DataFrame, cfg: IngestConfig) -> pd.DataFrame:
+    if cfg.segmentation == "totalsegmentator":
+        from ingest.segment import add_segmentation_stage
+
+        ds = add_segmentation_stage(ds, cfg)
+    ds = ds.map_batches(
+        process_batch, fn_kwargs={"cfg": cfg.stage}, batch_size=cfg.batch_size,
+        batch_format="pandas", num_cpus=cfg.num_cpus_per_task,
+    )
+    # One reduce partition per group at most: the default (200) costs seconds of empty tasks.
+    num_partitions = max(1, min(frame.shard.nunique(), 64))
+    out = ds.groupby("shard", num_partitions=num_partitions).map_groups(
+        write_group_batch, fn_kwargs={"storage": cfg.stage.storage, "root": cfg.shards_uri},
+        batch_format="pyarrow",
+    )
+    return out.to_pandas()
+
+
+def _stage_seconds(results: pd.DataFrame) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for t in results.get("timings", []):
+        for k, v in json.loads(t).items():
+            total[k] = total.get(k, 0.0) + v
+    total["write"] = float(results["write_s"].sum()) if len(results) else 0.0
+    return total
+
+
+def finalize(cfg: IngestConfig, manifest_size: int, stats: dict[str, Any]) -> dict[str, Any]:
+    """Index, summary and the consolidated quarantine table; the exact-count check (raises)."""
+    storage, root = cfg.stage.storage, cfg.shards_uri
+    index, quar = shards.build_index(storage, root, cfg.stage.anatomies)
+    written = index["num_written"]
+    if index["num_unique_written"] != written:
+        raise RuntimeError(f"{written - index['num_unique_written']} studies written twice under {root}")
+    if written + len(quar) != manifest_size:
+        raise RuntimeError(
+            f"count check failed: written {written} + quarantined {len(quar)} != manifest "
+            f"{manifest_size}: shards under {root} are incomplete or from another run"
+        )
+    index["manifest_size"] = manifest_size
+    storage.write_bytes(join(root, "index.json"), json.dumps(index, indent=1).encode())
+    storage.write_bytes(join(root, "summary.md"), shards.summary_markdown(index, stats).encode())
+    storage.write_bytes(join(root, "quarantine.parquet"),
+                        shards._parquet_bytes(pa.Table.from_pandas(quar, preserve_index=False)))
+    return index
+
+
+def run_ingest(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the ingest job. Returns run stats; raises when the counts do not add up."""
+    import ray
+
+    t0 = time.perf_counter()
+    if cfg.segmentation == "totalsegmentator":
+        from ingest.segment import preflight
+
+        preflight(cfg)  # stops before anything is read or written without GPU / nnU-Net / weights
+    plan = prepare(cfg, log)
+    pending = plan["pending"]
+    names = sorted(pending.shard.unique())
+    per_wave = cfg.groups_per_wave or max(1, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    results = []
+    waves = _waves(names, per_wave)
+    for i, wave in enumerate(waves):
+        tw = time.perf_counter()
+        frame = pending[pending.shard.isin(wave)]
+        res = _run_wave(frame, cfg)
+        results.append(res)
+        dt = time.perf_counter() - tw
+        log(f"[ingest] wave {i + 1}/{len(waves)}: {len(frame)} studies in {len(wave)} groups, "
+            f"{dt:.1f} s ({len(frame) / max(dt, 1e-9):.2f} studies/s)")
+    res = pd.concat(results, ignore_index=True) if results else pd.DataFrame(
+        columns=["study_id", "status", "seconds", "timings", "write_s"])
+    stats = {
+        "manifest_size": len(plan["manifest"]), "num_decoded": len(res), "num_dups": plan["num_dups"],
+        "num_skipped": len(plan["planned"]) - len(pending),
+        "num_ok_this_run": int((res.status == "ok").sum()) if len(res) else 0,
+        "stage_seconds": _stage_seconds(res), "num_waves": len(waves),
+    }
+    stats["wall_s"] = time.perf_counter() - t0
+    index = finalize(cfg, stats["manifest_size"], stats)
+    stats["index"] = index
+    log(f"[ingest] done: written {index['num_written']}, quarantined {index['num_quarantined']}, "
+        f"manifest {stats['manifest_size']}; decoded this run {stats['num_decoded']}, "
+        f"skipped {stats['num_skipped']}; wall {stats['wall_s']:.1f} s")
+    for stage, sec in stats["stage_seconds"].items():
+        rate = stats["num_decoded"] / sec if sec > 0 else float("inf")
+        log(f"[ingest]   stage {stage:<9} {sec:8.2f} s total  {rate:8.2f} studies/s per core")
+    return stats

@@ -1,0 +1,247 @@
+"""The CPU stage for one study: bytes in storage -> one shard row (or a quarantine reason).
+
+Steps (each a pure function of ``ctvlp.transforms`` / ``ctvlp.reports`` / ``ctvlp.models.text``):
+read bytes -> decode NIfTI (magic-byte gzip detection) or a DICOM series -> repair the header from
+the metadata row (CT-RATE) -> checks (3D, finite, CT range, spacing) -> mask: read, check it is on
+the image grid, group TotalSegmentator ids -> canonical RAS (D, H, W) -> crop to the anatomies at
+native resolution (with room for margin and min size) -> resample (trilinear image, nearest mask)
+-> HU window to uint8 -> final crop + margin, pad to min size -> boxes / voxel counts -> per-anatomy
+report texts and labels -> token ids -> compress.
+
+No Ray here: :mod:`ingest.pipeline` calls :func:`process_batch` from ``map_batches``; tests and
+``bench/ingest.py`` call it directly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from ctvlp import anatomy
+from ctvlp.data.codec import encode_volume
+from ctvlp.transforms import array as T
+from ctvlp.transforms import header, io, validate
+from ingest.quarantine import QuarantineError, classify
+from ingest.storage import Storage
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Everything the CPU stage needs, as plain values (picklable into Ray tasks).
+
+    Args:
+        anatomies / grouping: ordered anatomy names and ``{anatomy: [TS class names]}``.
+        spacing: target (D, H, W) mm; hu_window: (lo, hi) HU -> 0..255.
+        crop_margin / min_size: (D, H, W) voxels of the output grid.
+        codec / codec_level: volume compression in shards.
+        repair_headers: rebuild geometry from the metadata row when it has one.
+        text_name_or_path / max_length: the spec's tokenizer.
+    """
+
+    grouping: dict[str, list[str]]
+    spacing: tuple[float, float, float]
+    hu_window: tuple[float, float]
+    crop_margin: tuple[int, int, int]
+    min_size: tuple[int, int, int]
+    codec: str = "zstd"
+    codec_level: int = 3
+    repair_headers: bool = True
+    text_name_or_path: str = "tiny"
+    max_length: int = 384
+    storage: Storage = field(default_factory=Storage)
+
+    @property
+    def anatomies(self) -> list[str]:
+        return list(self.grouping)
+
+
+@lru_cache(maxsize=4)
+def _lut(grouping_json: str) -> np.ndarray:
+    return anatomy.group_lut(json.loads(grouping_json))
+
+
+@lru_cache(maxsize=2)
+def _tokenizer(name_or_path: str):
+    from ctvlp.models import text  # transformers import: once per worker process
+
+    return text.build_tokenizer(name_or_path)
+
+
+def tokenize(texts: list[str], cfg: StageConfig) -> list[list[int]]:
+    """Per-anatomy token ids (no padding; the collate pads per batch)."""
+    from ctvlp.models import text
+
+    return text.tokenize_texts(_tokenizer(cfg.text_name_or_path), texts, cfg.max_length)
+
+
+def read_image(rec: dict[str, Any], storage: Storage) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Decode the study's image: ``(array_xyz, affine, info)`` (HU after any stored rescale)."""
+    try:
+        if rec["image_format"] == "dicom":
+            files = storage.list_files(rec["image_uri"])
+            if not files:
+                raise QuarantineError("unreadable", "no object under the DICOM series prefix")
+            return io.read_dicom_series([storage.read_bytes(f) for f in files])
+        return io.read_nifti(storage.read_bytes(rec["image_uri"]))
+    except (FileNotFoundError, PermissionError) as exc:
+        raise QuarantineError("unreadable", f"image object: {type(exc).__name__}") from exc
+
+
+def repair(array: np.ndarray, affine: np.ndarray, info: dict, meta: dict, cfg: StageConfig):
+    """CT-RATE header repair: geometry and, when the file itself has no scaling, HU rescale."""
+    if not (cfg.repair_headers and meta):
+        return array, affine
+    try:
+        fixed = header.repair_header(affine, array.shape, meta)
+        slope, inter = header.rescale_from_meta(meta)
+    except ValueError as exc:
+        raise QuarantineError("bad_spacing", f"metadata geometry unusable: {type(exc).__name__}")
+    # Apply the metadata rescale only to unscaled files: a header that already carries
+    # scl_slope/scl_inter has been rescaled by read_nifti, and doing it twice corrupts HU.
+    if info.get("slope", 1.0) == 1.0 and info.get("inter", 0.0) == 0.0:
+        array = T.apply_rescale(array, slope, inter)
+    return array, fixed
+
+
+def read_mask(rec: dict[str, Any], shape, affines: list[np.ndarray], storage: Storage) -> np.ndarray:
+    """The supplied TotalSegmentator mask ``[X, Y, Z]``, checked to lie on the image grid.
+
+    ``affines`` are the acceptable image affines (as stored, and after header repair): masks made
+    before or after repairing a CT-RATE header are both on the image grid.
+    """
+    segmented = rec.get("_mask_nifti")  # from the TotalSegmentator stage, when it ran
+    if not rec.get("mask_uri") and segmented is None:
+        raise QuarantineError("missing_mask", "no mask_uri and segmentation is 'supplied'")
+    try:
+        raw = segmented if segmented is not None else storage.read_bytes(rec["mask_uri"])
+        mask, mask_affine, _ = io.read_nifti(raw)
+    except (FileNotFoundError, PermissionError) as exc:
+        raise QuarantineError("unreadable", f"mask object: {type(exc).__name__}") from exc
+    errors = []
+    for aff in affines:
+        try:
+            validate.check_mask_matches(mask.shape, mask_affine, shape, aff)
+            return mask
+        except validate.VolumeError as exc:
+            errors.append(exc)
+    raise errors[-1]
+
+
+def _native_window(mask_dhw: np.ndarray, spacing, cfg: StageConfig) -> tuple[slice, ...]:
+    """Native-resolution window that surely holds the final crop (box + margin, grown to min size).
+
+    Cropping before resampling saves most of the trilinear work on big volumes; the final crop is
+    still made by ``crop_to_anatomies`` on the output grid, so the result matches cropping after.
+    """
+    validate.check_mask_nonempty(mask_dhw)
+    union = ndimage.find_objects((mask_dhw > 0).view(np.uint8))[0]
+    out = []
+    for ax in range(3):
+        scale = cfg.spacing[ax] / spacing[ax]  # native voxels per output voxel
+        lo, hi = union[ax].start, union[ax].stop
+        need = max(hi - lo + 2 * cfg.crop_margin[ax] * scale, cfg.min_size[ax] * scale)
+        extra = int(math.ceil((need - (hi - lo)) / 2 + 2 * scale + 2))
+        start, stop = max(0, lo - extra), min(mask_dhw.shape[ax], hi + extra)
+        out.append(slice(start, stop))
+    return tuple(out)
+
+
+def transform(image_xyz, affine, mask_xyz, cfg: StageConfig) -> dict[str, Any]:
+    """Arrays -> cropped uint8 image/mask ``[D, H, W]`` on the target grid + boxes and counts."""
+    image, spacing = T.to_canonical(image_xyz, affine)
+    validate.check_spacing(spacing)
+    grouped = T.group_mask(mask_xyz, _lut(json.dumps(cfg.grouping)))
+    mask, _ = T.to_canonical(grouped, affine)
+    window = _native_window(mask, spacing, cfg)
+    image, mask = image[window], mask[window]
+    image, out_spacing = T.resample(image, spacing, cfg.spacing, mode="trilinear")
+    mask, _ = T.resample(mask, spacing, cfg.spacing, mode="nearest")
+    image = T.hu_to_uint8(image, *cfg.hu_window)
+    image, mask, _ = T.crop_to_anatomies(image, mask, cfg.crop_margin, cfg.min_size)
+    boxes, counts = T.anatomy_boxes(mask, len(cfg.grouping))
+    return {"image": image, "mask": mask, "spacing": out_spacing, "boxes": boxes, "counts": counts,
+            "orig_spacing": spacing, "orig_shape": tuple(int(s) for s in image_xyz.shape)}
+
+
+def report_texts(rec: dict[str, Any], cfg: StageConfig) -> tuple[list[str], list[int]]:
+    """Per-anatomy (text, abnormal) from the rule parser, in the grouping's order."""
+    from ctvlp.reports.rules import parse_report
+
+    if not (rec.get("findings") or rec.get("impression")):
+        raise QuarantineError("missing_report", "no findings and no impression")
+    parsed = parse_report(rec.get("findings", ""), rec.get("impression", ""), cfg.anatomies)
+    texts = [parsed[a][0] for a in cfg.anatomies]
+    labels = [int(bool(parsed[a][1])) for a in cfg.anatomies]
+    return texts, labels
+
+
+def process_study(rec: dict[str, Any], cfg: StageConfig, timings: dict[str, float]) -> dict[str, Any]:
+    """One manifest record -> one shard row (docs/DESIGN.md). Raises on bad input.
+
+    ``timings`` accumulates seconds per sub-stage (read, transform, text, encode).
+    """
+    t0 = time.perf_counter()
+    texts, labels = report_texts(rec, cfg)  # first: a missing report costs no decode
+    image, affine, info = read_image(rec, cfg.storage)
+    validate.check_finite(image)
+    meta = json.loads(rec.get("meta") or "{}")
+    image, fixed_affine = repair(image, affine, info, meta, cfg)
+    validate.check_ct_range(image)
+    mask = read_mask(rec, image.shape, [fixed_affine, affine], cfg.storage)
+    t1 = time.perf_counter()
+    out = transform(image, fixed_affine, mask, cfg)
+    t2 = time.perf_counter()
+    ids = tokenize(texts, cfg)
+    t3 = time.perf_counter()
+    row = {
+        "study_id": rec["study_id"], "split": rec["split"],
+        "shape": list(out["image"].shape), "spacing": [float(s) for s in out["spacing"]],
+        "image": encode_volume(out["image"], cfg.codec, cfg.codec_level),
+        "mask": encode_volume(out["mask"], cfg.codec, cfg.codec_level),
+        "codec": cfg.codec, "boxes": out["boxes"].tolist(), "voxel_counts": out["counts"].tolist(),
+        "texts": texts, "abnormal": labels, "input_ids": ids,
+        "disease_labels": rec.get("disease_labels") or "{}",
+        "meta": json.dumps({  # non-identifying only: geometry and source format
+            "orig_shape": out["orig_shape"], "orig_spacing": [round(s, 4) for s in out["orig_spacing"]],
+            "orig_axcodes": info.get("axcodes", ""), "source_format": info.get("format", ""),
+            "header_repaired": bool(cfg.repair_headers and meta),
+        }),
+    }
+    t4 = time.perf_counter()
+    for k, v in (("read", t1 - t0), ("transform", t2 - t1), ("text", t3 - t2), ("encode", t4 - t3)):
+        timings[k] = timings.get(k, 0.0) + v
+    return row
+
+
+def process_records(records: list[dict[str, Any]], cfg: StageConfig) -> list[dict[str, Any]]:
+    """Process studies; every record yields exactly one output: a shard row or a quarantine row.
+
+    Output dicts carry ``status`` ("ok" / "quarantined"), ``reason``/``detail`` (quarantined) and
+    ``seconds`` (this study's processing time) besides the shard columns.
+    """
+    if records:
+        _tokenizer(cfg.text_name_or_path)  # once per worker, kept out of the per-study timings
+    out = []
+    for rec in records:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        try:
+            row = process_study(rec, cfg, timings)
+            row.update(status="ok", reason="", detail="")
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a quarantine row
+            reason, detail = classify(exc, secrets=[rec.get("image_uri", ""), rec.get("mask_uri", ""),
+                                                    rec.get("patient_id", "")])
+            row = {"study_id": rec["study_id"], "split": rec["split"], "status": "quarantined",
+                   "reason": reason, "detail": detail}
+        row["seconds"] = time.perf_counter() - t0
+        row["timings"] = json.dumps(timings)
+        row["shard"] = rec.get("shard", "")
+        out.append(row)
+    return out

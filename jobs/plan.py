@@ -1,0 +1,92 @@
+"""From a ``JobSpec`` to runnable phases: stable run names, resolved phase references, plans.
+
+A phase's run name is ``<spec.name>-phase<N>-<fingerprint>``, where the fingerprint hashes what
+determines that phase's result: the spec minus the other phases' optimisation settings and the
+``eval``/``tune`` sections, with the phase's ``init`` references already resolved to URIs.
+Rerunning the same spec therefore lands in the same run (and resumes it); changing phase 4's
+learning rate does not restart phase 1.
+
+Phase references (``phases.phaseN.init.<part>: "phaseM"``) resolve to the export directory of
+phase M's run under the same spec (``<storage.root>/<run name of M>/export``): the pipeline and a
+standalone ``jobs/phaseN.py`` compute the same URI, and it is recorded in the phase's resolved
+spec (``resolved_spec.yaml`` in every checkpoint and export).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import yaml
+
+from ctvlp.config import JobSpec, is_phase_ref, settable_dict, spec_from_dict
+from ctvlp.loop import train_config_from_spec
+from ingest.storage import is_s3, join
+from jobs.runner import PhasePlan
+
+PHASES = (1, 2, 3, 4)
+
+
+def storage_root(spec: JobSpec) -> str:
+    """``spec.storage.root`` as Ray needs it: ``s3://...`` as is, local paths absolute."""
+    root = spec.storage.root
+    return root.rstrip("/") if is_s3(root) else os.path.abspath(root)
+
+
+def phase_fingerprint(spec: JobSpec, phase: int, length: int = 10) -> str:
+    """Hash of the settings that determine ``phase``'s result (see the module docstring)."""
+    tree = settable_dict(spec)
+    tree["phases"] = {f"phase{phase}": tree["phases"][f"phase{phase}"]}
+    for key in ("eval", "tune"):
+        tree.pop(key, None)
+    tree["resources"].pop("max_failures", None)  # retries do not change the result
+    blob = json.dumps(tree, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def run_name(spec: JobSpec, phase: int) -> str:
+    return f"{spec.name}-phase{phase}-{phase_fingerprint(spec, phase)}"
+
+
+def resolve_phase(spec: JobSpec, phase: int) -> JobSpec:
+    """``spec`` with ``phases.phase<phase>.init`` phase references replaced by export URIs."""
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+    tree = settable_dict(spec)
+    init = tree["phases"][f"phase{phase}"]["init"]
+    for part, ref in list(init.items()):
+        if is_phase_ref(ref):
+            earlier = int(ref[-1])
+            init[part] = export_uri(resolve_phase(spec, earlier), earlier)
+    return spec_from_dict(tree)
+
+
+def export_uri(resolved: JobSpec, phase: int) -> str:
+    """Where phase ``phase`` of an already-resolved spec exports its model."""
+    return join(storage_root(resolved), run_name(resolved, phase), "export")
+
+
+def plan_for(resolved: JobSpec, phase: int, *, git_commit: str = "unknown") -> PhasePlan:
+    """The runner's plan for ``phase`` of a spec resolved with :func:`resolve_phase`."""
+    unresolved = {k: v for k, v in resolved.phase(phase).init.refs().items() if is_phase_ref(v)}
+    if unresolved:
+        raise ValueError(f"phase{phase}.init still has phase references {unresolved}: call resolve_phase first")
+    res = resolved.resources
+    return PhasePlan(
+        phase=phase,
+        run_name=run_name(resolved, phase),
+        storage_path=storage_root(resolved),
+        s3_endpoint_url=resolved.storage.s3_endpoint_url,
+        sse=resolved.storage.server_side_encryption,
+        train=train_config_from_spec(resolved, phase, cuda=res.use_gpu),
+        num_workers=res.num_workers,
+        use_gpu=res.use_gpu,
+        cpus_per_worker=res.cpus_per_worker,
+        gpus_per_worker=res.gpus_per_worker,
+        max_failures=res.max_failures,
+        shuffle_buffer=resolved.data.shuffle_buffer,
+        resolved_spec_yaml=yaml.safe_dump(settable_dict(resolved), sort_keys=False),
+        model_config=resolved.model.model_dump(mode="json"),
+        git_commit=git_commit,
+    )

@@ -1,0 +1,350 @@
+"""The Ray-free training core: schedule, DeepSpeed engine, one train step, resumable state.
+
+Used by the Ray Train runner (``jobs/runner.py``, one process per worker) and by the GPU
+benchmark (``bench/train_step_gpu.py``, one process, no Ray). Nothing here knows which phase
+it trains: a phase is a ``Task`` (``ctvlp.tasks``) with ``module``, ``required_keys``,
+``training_step(batch) -> (losses, metrics)``, ``after_step()`` and ``export(dir)``; the loss
+that is optimised is the sum of the entries of ``losses`` whose key ends with ``_loss``.
+
+DeepSpeed runs on GPU (NCCL) and CPU (gloo) alike; ZeRO stage 1 or 2. We pass a torch AdamW with
+``zero_allow_untested_optimizer`` instead of DeepSpeed's own Adam so that no fused-Adam op has to
+be compiled on CPU (``docs/`` and ``jobs/prebuild_ops.py``). The schedule is a torch
+``LambdaLR`` handed to DeepSpeed, so its position is saved and restored with the checkpoint.
+
+Tasks call ``task.module`` directly (the same object as ``engine.module``). That is exact for
+ZeRO 1/2, where the engine's forward adds nothing but timers; ZeRO-3 would need ``engine(...)``
+and is rejected by :class:`TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import socket
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.distributed as dist
+
+CKPT_TAG = "ds"  # DeepSpeed checkpoint tag inside every checkpoint directory
+TRAIN_STATE_KEY = "train_state"
+
+
+# ------------------------------------------------------------------------------- config/state
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one phase (plain values; see :func:`train_config_from_spec`).
+
+    Attributes:
+        epochs: passes over the training split.
+        global_batch_size: samples per optimiser step summed over all workers.
+        lr: peak learning rate, reached at the end of the warm-up.
+        min_lr: start of the warm-up and end of the cosine decay.
+        warmup_epochs: length of the linear warm-up, in epochs (may be fractional).
+        weight_decay: AdamW decoupled weight decay on >=2-D weights (not on norms or biases).
+        grad_clip: global gradient-norm clip; 0 disables it.
+        checkpoint_every_steps: checkpoint cadence in optimiser steps; 0 = epoch ends only.
+        max_steps_per_epoch: cap on steps per epoch (debug, tuning); 0 = the whole split.
+        zero_stage: DeepSpeed ZeRO stage (1 or 2).
+        bf16: bf16 weights/activations (DeepSpeed's bf16 mode with fp32 master weights).
+        seed: base seed; rank r seeds its data augmentation with ``seed + r``.
+        log_every: console cadence in steps (TensorBoard gets every step).
+    """
+
+    epochs: int
+    global_batch_size: int
+    lr: float
+    min_lr: float = 1e-6
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    checkpoint_every_steps: int = 0
+    max_steps_per_epoch: int = 0
+    zero_stage: int = 1
+    bf16: bool = False
+    seed: int = 0
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.global_batch_size < 1:
+            raise ValueError(f"epochs and global_batch_size must be >= 1, got {self.epochs}, {self.global_batch_size}")
+        if self.zero_stage not in (1, 2):
+            raise ValueError(f"zero_stage must be 1 or 2 (ZeRO-3 needs engine-driven forwards), got {self.zero_stage}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+
+    def micro_batch_size(self, world_size: int) -> int:
+        """Per-worker batch. Raises ValueError unless the global batch splits evenly."""
+        if self.global_batch_size % world_size:
+            raise ValueError(
+                f"batch_size {self.global_batch_size} does not split over {world_size} workers; "
+                f"set phases.phaseN.batch_size to a multiple of resources.num_workers"
+            )
+        return self.global_batch_size // world_size
+
+
+def train_config_from_spec(spec: Any, phase: int, *, cuda: bool | None = None) -> TrainConfig:
+    """Adapter from a ``ctvlp.config.JobSpec`` to :class:`TrainConfig` (bf16 "auto" = on with CUDA)."""
+    p, res = spec.phase(phase), spec.resources
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    bf16 = (cuda and res.use_gpu) if res.bf16 == "auto" else bool(res.bf16)
+    return TrainConfig(
+        epochs=p.epochs, global_batch_size=p.batch_size, lr=p.lr, min_lr=p.min_lr,
+        warmup_epochs=p.warmup_epochs, weight_decay=p.weight_decay, grad_clip=p.grad_clip,
+        checkpoint_every_steps=p.checkpoint_every_steps, max_steps_per_epoch=p.max_steps_per_epoch,
+        zero_stage=res.zero_stage, bf16=bf16, seed=spec.seed,
+    )
+
+
+@dataclass
+class TrainState:
+    """Everything besides model/optimiser/scheduler that a resumed run needs (saved in each checkpoint).
+
+    ``step`` counts optimiser steps over the whole phase, ``step_in_epoch`` those of the current
+    epoch (a resumed run skips that many batches of the epoch's stream), ``samples_seen`` is
+    global (all workers).
+    """
+
+    phase: int
+    epoch: int = 0
+    step: int = 0
+    step_in_epoch: int = 0
+    samples_seen: int = 0
+
+    def advance(self, global_batch_size: int) -> None:
+        self.step += 1
+        self.step_in_epoch += 1
+        self.samples_seen += global_batch_size
+
+    def end_epoch(self) -> None:
+        self.epoch += 1
+        self.step_in_epoch = 0
+
+
+# ----------------------------------------------------------------------------------- schedule
+def lr_at(step: int, *, peak: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Learning rate of optimiser step ``step`` (0-based): linear from ``min_lr`` to ``peak`` over
+    ``warmup_steps`` (the last warm-up step uses ``peak``), then half-cosine to ``min_lr`` at
+    step ``total_steps - 1``; ``min_lr`` beyond. Paper: warm-up = first epoch, min 1e-6."""
+    if step < 0 or total_steps < 1:
+        raise ValueError(f"need step >= 0 and total_steps >= 1, got {step}, {total_steps}")
+    if step < warmup_steps:
+        return min_lr + (peak - min_lr) * (step + 1) / warmup_steps
+    span = total_steps - 1 - warmup_steps
+    progress = 1.0 if span <= 0 else min(1.0, (step - warmup_steps) / span)
+    return min_lr + 0.5 * (peak - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+class WarmupCosine:
+    """``LambdaLR`` factor for :func:`lr_at` (a callable object, so LambdaLR saves its fields)."""
+
+    def __init__(self, cfg: TrainConfig, steps_per_epoch: int) -> None:
+        self.peak, self.min_lr = cfg.lr, cfg.min_lr
+        self.warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+        self.total_steps = cfg.epochs * steps_per_epoch
+
+    def __call__(self, step: int) -> float:
+        lr = lr_at(step, peak=self.peak, min_lr=self.min_lr, warmup_steps=self.warmup_steps,
+                   total_steps=self.total_steps)
+        return lr / self.peak
+
+
+# ------------------------------------------------------------------------------------- engine
+def ensure_process_group() -> None:
+    """Start a 1-process group when none exists (bench, unit tests); Ray Train starts its own."""
+    if dist.is_initialized():
+        return
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        os.environ.setdefault(key, value)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
+    """The DeepSpeed config dict for ``cfg`` on ``world_size`` data-parallel workers."""
+    return {
+        "train_batch_size": cfg.global_batch_size,
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size(world_size),
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": cfg.bf16},
+        "zero_allow_untested_optimizer": True,  # torch AdamW: no fused-Adam JIT build on CPU
+        "steps_per_print": 10**9,  # our tracker logs; keep DeepSpeed quiet
+        "wall_clock_breakdown": False,
+    }
+
+
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on >=2-D weights, none on biases/norm scales/temperatures (nanoGPT rule)."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    if not decay and not no_decay:
+        raise ValueError("task.module has no trainable parameters")
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_engine(module: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int):
+    """Wrap ``module`` in a DeepSpeed engine with AdamW and the warm-up/cosine schedule.
+
+    Needs a process group (Ray Train's, or :func:`ensure_process_group`). Returns the engine;
+    its ``lr_scheduler`` steps once per ``engine.step()``.
+    """
+    # DeepSpeed's CPU comm op is JIT-compiled once into the environment (jobs/prebuild_ops.py).
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
+    import deepspeed  # heavy import; only where an engine is built
+
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}: is the split smaller than one batch?")
+    ensure_process_group()
+    deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False)
+    optimizer = torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(cfg, steps_per_epoch))
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, optimizer=optimizer, lr_scheduler=scheduler,
+        config=deepspeed_config(cfg, dist.get_world_size()),
+    )
+    return engine
+
+
+# ----------------------------------------------------------------------------------- stepping
+def to_device(batch: Mapping[str, Any], device: torch.device, float_dtype: torch.dtype | None = None) -> dict:
+    """Move tensors to ``device``; cast floating tensors to ``float_dtype`` (bf16 engines)."""
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if float_dtype is not None and value.is_floating_point():
+                value = value.to(float_dtype)
+        out[key] = value
+    return out
+
+
+def train_step(engine, task, batch: Mapping[str, Any]) -> dict[str, float]:
+    """One optimiser step: forward through the task, backward of the summed ``*_loss`` terms,
+    clip + AdamW + schedule (DeepSpeed), then ``task.after_step()``.
+
+    Returns floats: every loss term, ``loss`` (their sum), ``lr`` (of this step), ``grad_norm``
+    and the task's metrics.
+    """
+    missing = [k for k in task.required_keys if k not in batch]
+    if missing:
+        raise KeyError(f"batch lacks keys {missing} that {type(task).__name__} requires; has {sorted(batch)}")
+    dtype = torch.bfloat16 if engine.bfloat16_enabled() else None
+    losses, metrics = task.training_step(to_device(batch, engine.device, dtype))
+    terms = {k: v for k, v in losses.items() if k.endswith("_loss")}
+    if not terms:
+        raise ValueError(f"training_step returned no '*_loss' entries (got {sorted(losses)})")
+    total = sum(terms.values())
+    lr = engine.get_lr()[0]
+    engine.backward(total)
+    engine.step()
+    task.after_step()
+    out = {k: float(v.detach()) for k, v in losses.items()}
+    out.update(loss=float(total.detach()), lr=float(lr))
+    norm = engine.get_global_grad_norm()
+    if norm is not None:
+        out["grad_norm"] = float(norm)
+    out.update({k: float(v) for k, v in metrics.items()})
+    return out
+
+
+# -------------------------------------------------------------------------------- checkpoints
+def _digest_tree(h, prefix: str, node: Any) -> None:
+    if isinstance(node, torch.Tensor):
+        t = node.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{prefix}:{t.dtype}:{t.numel()};".encode())
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy().tobytes())
+    elif isinstance(node, Mapping):
+        for key in sorted(node, key=str):
+            _digest_tree(h, f"{prefix}/{key}", node[key])
+    elif isinstance(node, (list, tuple)):
+        for i, item in enumerate(node):
+            _digest_tree(h, f"{prefix}/{i}", item)
+
+
+def state_digest(engine) -> dict[str, str]:
+    """sha256 of this rank's model tensors and optimiser-state tensors (ZeRO: its partition)."""
+    model, optim = hashlib.sha256(), hashlib.sha256()
+    _digest_tree(model, "", engine.module.state_dict())
+    _digest_tree(optim, "", engine.optimizer.state_dict())
+    return {"model_sha256": model.hexdigest(), "optimizer_sha256": optim.hexdigest()}
+
+
+def save_checkpoint(engine, directory: str | Path, state: TrainState) -> None:
+    """Collective: every rank writes its DeepSpeed shard of ``directory`` (plus its digest).
+
+    ``mp_rank_00_model_states.pt`` (weights, scheduler, ``state``) comes from rank 0,
+    ``zero_pp_rank_<r>_...optim_states.pt`` from rank r; ``digest_rank<r>.json`` lets a resumed
+    rank check that it restored exactly what was saved.
+    """
+    directory = Path(directory)
+    engine.save_checkpoint(str(directory), tag=CKPT_TAG, client_state={TRAIN_STATE_KEY: asdict(state)},
+                           save_latest=False)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    (directory / f"digest_rank{rank}.json").write_text(json.dumps(state_digest(engine)))
+
+
+def load_checkpoint(engine, directory: str | Path, *, verify: bool = True) -> TrainState:
+    """Collective: restore weights, optimiser, schedule and :class:`TrainState` from ``directory``.
+
+    Raises FileNotFoundError when it holds no checkpoint, RuntimeError when ``verify`` and the
+    restored tensors differ from those digested at save time. The files are our own (written
+    by :func:`save_checkpoint`); DeepSpeed reads them with ``torch.load``, so never point this
+    at untrusted data: shared weights travel as safetensors (:func:`export_safetensors`).
+    """
+    directory = Path(directory)
+    if not (directory / CKPT_TAG).is_dir():  # DeepSpeed would fail with a bare assert
+        raise FileNotFoundError(f"no ctvlp DeepSpeed checkpoint (tag {CKPT_TAG!r}) in {directory}")
+    path, client = engine.load_checkpoint(str(directory), tag=CKPT_TAG, load_optimizer_states=True,
+                                          load_lr_scheduler_states=True)
+    if path is None or not client or TRAIN_STATE_KEY not in client:
+        raise FileNotFoundError(f"no ctvlp DeepSpeed checkpoint (tag {CKPT_TAG!r}) in {directory}")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    expected = directory / f"digest_rank{rank}.json"
+    if verify and expected.is_file():
+        want, got = json.loads(expected.read_text()), state_digest(engine)
+        if want != got:
+            raise RuntimeError(f"rank {rank}: restored state differs from the checkpoint's digest ({want} != {got})")
+    return TrainState(**client[TRAIN_STATE_KEY])
+
+
+# ------------------------------------------------------------------------------------- export
+def export_safetensors(module: torch.nn.Module, out_dir: str | Path, config: Mapping[str, Any],
+                       name: str = "model") -> Path:
+    """Write ``<name>.safetensors`` (weights as float32 CPU tensors) and ``<name>.json`` (config).
+
+    Tied tensors are handled by ``safetensors.torch.save_model``. Returns the weights path.
+    Under ZeRO 1/2 every rank holds the full module, so rank 0 alone can call this.
+    """
+    from safetensors.torch import save_model
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.safetensors"
+    # A float32 CPU copy: bf16/GPU engines export in fp32, and the live module stays where it is.
+    save_model(copy.deepcopy(module).float().cpu(), str(path))
+    (out / f"{name}.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True, default=str))
+    return path
+
+
+def load_safetensors(module: torch.nn.Module, path: str | Path, *, strict: bool = True) -> torch.nn.Module:
+    """Load weights written by :func:`export_safetensors` (no pickle involved). Returns ``module``."""
+    from safetensors.torch import load_model
+
+    missing, unexpected = load_model(module, str(path), strict=strict)
+    if strict and (missing or unexpected):  # load_model raises already; keep the contract explicit
+        raise RuntimeError(f"{path}: missing {missing}, unexpected {unexpected}")
+    return module

@@ -1,0 +1,106 @@
+"""The 22 planted abnormalities (``ctvlp.diseases.SYNTHETIC``): parameters and planting.
+
+Each disease has its own prevalence, size range and attenuation (:data:`DISEASE_PARAMS`, keyed
+by the labels-CSV column name). Two kinds of planting:
+
+- *shape* findings change the anatomy before it is painted (cardiomegaly, splenomegaly,
+  pancreatic atrophy, pericardial effusion, hiatal hernia, adrenal nodule, bowel/gastric wall
+  thickening, small bowel dilatation), in ``findings_shape.py``;
+- *image* findings change a painted canvas inside the owning anatomy's mask (nodules, cysts,
+  stones, calcifications, emphysema, effusion, consolidation, steatosis, thrombosis,
+  sclerosis), in ``findings_image.py``.
+
+Every altered voxel keeps (or gets) a label of the owning anatomy's TotalSegmentator classes,
+so the finding lies inside that anatomy's mask: a pleural effusion is labelled as the adjacent
+lower lobe, a pericardial effusion as heart, a hernia sac as esophagus, a renal cyst as
+``kidney_cyst_left/right``. Sizes never go below ``min_vox`` x the grid's largest voxel side
+(times the preset's ``lesion_min_vox``), so a lesion is always visible at the corpus'
+resolution; the size in the report is the size planted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ctvlp.diseases import SYNTHETIC
+
+
+@dataclass(frozen=True)
+class DiseaseParams:
+    """Generation parameters of one disease.
+
+    Attributes:
+        prevalence: natural rate per study.
+        size_mm: (min, max) of the lesion's main size: diameter for focal lesions, thickness
+            for effusions and walls, a scale factor for -megaly/atrophy (unitless), lung
+            coverage fraction for emphysema/consolidation (unitless).
+        hu: (min, max) attenuation of the lesion in HU (absolute), or of the change (``delta``).
+        min_vox: smallest radius/thickness in units of the largest voxel side.
+        stage: "shape" (anatomy change before painting) or "image" (after painting).
+    """
+
+    prevalence: float
+    size_mm: tuple[float, float]
+    hu: tuple[float, float] | None
+    min_vox: float
+    stage: str
+
+
+DISEASE_PARAMS: dict[str, DiseaseParams] = {
+    "Lung nodule": DiseaseParams(0.25, (4.0, 24.0), (20.0, 60.0), 0.75, "image"),
+    "Emphysema": DiseaseParams(0.18, (0.06, 0.3), (-995.0, -965.0), 0.75, "image"),
+    "Pleural effusion": DiseaseParams(0.12, (15.0, 45.0), (0.0, 20.0), 1.0, "image"),
+    "Consolidation": DiseaseParams(0.10, (0.35, 0.8), (-80.0, 30.0), 1.0, "image"),
+    "Cardiomegaly": DiseaseParams(0.12, (1.5, 1.65), None, 0.0, "shape"),
+    "Pericardial effusion": DiseaseParams(0.07, (6.0, 20.0), (0.0, 12.0), 1.0, "shape"),
+    "Hiatal hernia": DiseaseParams(0.12, (30.0, 70.0), None, 1.7, "shape"),
+    "Arterial wall calcification": DiseaseParams(0.30, (2.0, 6.0), (500.0, 1100.0), 0.5, "image"),
+    "Liver cyst": DiseaseParams(0.15, (8.0, 50.0), (0.0, 12.0), 1.0, "image"),
+    "Fatty liver": DiseaseParams(0.15, (0.0, 0.0), (30.0, 45.0), 0.0, "image"),
+    "Splenomegaly": DiseaseParams(0.08, (1.45, 1.7), None, 0.0, "shape"),
+    "Kidney stone": DiseaseParams(0.10, (2.0, 10.0), (400.0, 1200.0), 0.5, "image"),
+    "Kidney cyst": DiseaseParams(0.15, (8.0, 40.0), (0.0, 10.0), 1.0, "image"),
+    "Gallstone": DiseaseParams(0.10, (3.0, 15.0), (200.0, 900.0), 0.5, "image"),
+    "Bladder stone": DiseaseParams(0.04, (5.0, 25.0), (300.0, 1000.0), 0.5, "image"),
+    "Pancreatic atrophy": DiseaseParams(0.07, (0.55, 0.68), (15.0, 35.0), 0.0, "shape"),
+    "Adrenal nodule": DiseaseParams(0.06, (10.0, 40.0), (-5.0, 40.0), 1.9, "shape"),
+    "Colonic wall thickening": DiseaseParams(0.06, (8.0, 20.0), (5.0, 20.0), 1.6, "shape"),
+    "Small bowel dilatation": DiseaseParams(0.05, (30.0, 50.0), None, 1.8, "shape"),
+    "Portal vein thrombosis": DiseaseParams(0.03, (0.3, 0.7), (35.0, 55.0), 0.0, "image"),
+    "Gastric wall thickening": DiseaseParams(0.05, (10.0, 25.0), (5.0, 20.0), 1.6, "shape"),
+    "Sacral sclerosis": DiseaseParams(0.04, (10.0, 40.0), (700.0, 1200.0), 0.75, "image"),
+}
+
+# Owning anatomy of each disease, from the catalogue (single source of truth).
+DISEASE_ANATOMY: dict[str, str] = {d.name: d.anatomy for d in SYNTHETIC}
+
+if set(DISEASE_PARAMS) != set(DISEASE_ANATOMY):  # pragma: no cover - catalogue drift guard
+    raise RuntimeError(
+        f"lesions.DISEASE_PARAMS and diseases.SYNTHETIC differ: {set(DISEASE_PARAMS) ^ set(DISEASE_ANATOMY)}"
+    )
+
+
+@dataclass
+class Finding:
+    """What was planted, for the report: disease, anatomy, and descriptive details.
+
+    Attributes:
+        disease: labels-CSV column name.
+        anatomy: owning anatomy (grouping name).
+        side: "left" | "right" | "bilateral" | None.
+        location: e.g. "right upper lobe", "sigmoid colon", "antrum".
+        size_mm: main size as planted (diameter / thickness / length), None if not applicable.
+        details: other facts the report may state (count, severity, density).
+    """
+
+    disease: str
+    anatomy: str
+    side: str | None = None
+    location: str | None = None
+    size_mm: float | None = None
+    details: dict = field(default_factory=dict)
+
+
+def min_size(disease: str, max_spacing: float, lesion_min_vox: float) -> float:
+    """Smallest radius/thickness (mm) of ``disease`` that stays visible on this grid."""
+    return DISEASE_PARAMS[disease].min_vox * lesion_min_vox * max_spacing

@@ -1,0 +1,66 @@
+"""Phase 2: anatomy-wise image-report alignment (ViSD-Boost eq. 1, sec. 3.1).
+
+Each intact anatomy's pooled image embedding is contrasted with its own report text over the
+global batch of samples in which that anatomy is intact (hard targets as eq. 1, or fVLM's soft
+targets: ``spec.model.itc_targets``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ctvlp.config import JobSpec
+from ctvlp.losses.anatomy_infonce import anatomy_infonce_loss, text_identity_keys
+from ctvlp.models.text import TextEncoder, build_text_encoder
+from ctvlp.models.visd import build_vision_model
+from ctvlp.tasks.base import Losses, Metrics, Task
+
+
+def encode_anatomy_texts(text: TextEncoder, ids: torch.Tensor, mask: torch.Tensor,
+                         select: torch.Tensor) -> torch.Tensor:
+    """Embed the selected anatomy texts only.
+
+    Args: ids, mask [B, M, T]; select [B, M] bool. Returns [B, M, E], zero where not selected.
+
+    At least one row is always encoded (and enters the result with weight 0 when unselected)
+    so that every rank's text encoder takes part in the backward pass of every step.
+    """
+    b, m, _ = ids.shape
+    sel = select.clone()
+    if not sel.any():
+        sel[0, 0] = True
+    rows, cols = sel.nonzero(as_tuple=True)
+    emb = text(ids[rows, cols], mask[rows, cols], cols)  # [N, E]
+    out = emb.new_zeros(b, m, emb.shape[-1])
+    weight = select[rows, cols].to(emb.dtype)[:, None]
+    out[rows, cols] = emb * weight
+    return out
+
+
+def alignment_loss(spec: JobSpec, text: TextEncoder, img: dict, batch: dict) -> tuple[Losses, Metrics]:
+    """Eq. 1 between pooled image embeddings ``img`` and the batch's anatomy texts."""
+    has_text = batch["text_mask"].any(-1)  # [B, M]
+    valid = img["intact"] & img["valid"] & has_text
+    txt = encode_anatomy_texts(text, batch["text_ids"], batch["text_mask"], valid)
+    tau = text.temperature()
+    key = text_identity_keys(batch["text_ids"], batch["text_mask"]) if spec.model.itc_targets == "soft" else None
+    loss = anatomy_infonce_loss(img["embeds"], txt, valid, batch["abnormal"], tau, key,
+                                targets=spec.model.itc_targets)
+    return {"itc_loss": loss}, {"temperature": float(tau), "intact_pairs": float(valid.sum())}
+
+
+class AlignmentTask(Task):
+    phase = 2
+    required_keys = ("image", "mask", "abnormal", "text_ids", "text_mask")
+    export_parts = ("vision", "text")
+
+    def __init__(self, spec: JobSpec) -> None:
+        super().__init__(spec)
+        self.module["vision"] = build_vision_model(spec.model, self.num_anatomies,
+                                                   spec.resources.activation_checkpointing)
+        self.module["text"] = build_text_encoder(spec.model, self.num_anatomies)
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> tuple[Losses, Metrics]:
+        self.check_batch(batch)
+        img = self.module["vision"](batch["image"], batch["mask"])
+        return alignment_loss(self.spec, self.module["text"], img, batch)

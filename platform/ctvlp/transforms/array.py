@@ -1,0 +1,265 @@
+"""Pure per-volume array transforms: reorient, resample, HU window, anatomy boxes, crop/pad.
+
+Conventions (docs/DESIGN.md): after :func:`to_canonical` every volume is a numpy array in
+``(D, H, W) = (z, y, x)`` order of the RAS+ orientation, i.e. D runs inferior->superior, H
+posterior->anterior, W patient's left->right (``nibabel.as_closest_canonical`` then a transpose).
+Every 3-tuple (spacing, margin, size) is in (D, H, W) order. Grouped masks hold value ``j + 1`` for
+anatomy ``j`` and 0 for background. Functions never modify their inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from ctvlp.transforms.validate import VolumeError, check_mask_nonempty
+
+_RAS = nib.orientations.axcodes2ornt(("R", "A", "S"))
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    """Voxel spacing (mm) of each array axis of ``affine`` ``[4, 4]``: column norms, shape [3]."""
+    return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+
+
+def apply_rescale(raw: np.ndarray, slope: float, inter: float) -> np.ndarray:
+    """``raw * slope + inter`` (DICOM rescale, NIfTI scl_*): the input itself for the identity,
+    int16 when integral and in range, else float32 (never float64). Same shape as ``raw``."""
+    # Keep int16 when the scaling is integral and the result fits (typical CT: slope 1, inter -1024):
+    # half the memory of float32 through the rest of the pipeline.
+    if slope == 1.0 and inter == 0.0:
+        return raw
+    if np.issubdtype(raw.dtype, np.integer) and float(slope).is_integer() and float(inter).is_integer():
+        ends = (int(raw.min()) * int(slope) + int(inter), int(raw.max()) * int(slope) + int(inter))
+        if -32768 <= min(ends) and max(ends) <= 32767:  # Python ints: no uint16/int16 overflow
+            scaled = raw.astype(np.int32) * int(slope) + int(inter)
+            return scaled.astype(np.int16)
+    out = raw.astype(np.float32)
+    out *= np.float32(slope)
+    out += np.float32(inter)
+    return out
+
+
+def to_canonical(array_xyz: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Reorient a stored volume to RAS+ and transpose it to (D, H, W).
+
+    Same axis permutation and flips as ``nibabel.as_closest_canonical``, applied to the array
+    alone (no image object, so masks and images go through the identical code path). Oblique
+    acquisitions are snapped to the closest axis-aligned orientation, as nibabel does.
+
+    Args:
+        array_xyz: ``[X, Y, Z]`` voxels as stored (any dtype; image or mask).
+        affine: ``[4, 4]`` voxel -> RAS world matrix of the stored array.
+
+    Returns:
+        ``(array_DHW, spacing_DHW)``: a C-contiguous ``[D, H, W]`` array of the input dtype and the
+        voxel spacing in mm, both in (z, y, x) order.
+    """
+    if array_xyz.ndim != 3:
+        raise VolumeError("not_3d", f"expected a 3D volume, got shape {tuple(array_xyz.shape)}")
+    ornt = nib.orientations.io_orientation(affine)  # [3, 2]: (target RAS axis, flip) per input axis
+    transform = nib.orientations.ornt_transform(ornt, _RAS)
+    ras = nib.orientations.apply_orientation(array_xyz, transform)  # a view: flips + transpose
+    zooms = voxel_sizes(affine)
+    spacing_ras = np.empty(3)
+    spacing_ras[ornt[:, 0].astype(int)] = zooms  # RAS axis ornt[i, 0] comes from stored axis i
+    array_dhw = np.ascontiguousarray(ras.transpose(2, 1, 0))  # (x, y, z) -> (z, y, x)
+    return array_dhw, tuple(float(s) for s in spacing_ras[::-1])
+
+
+def resampled_shape(
+    shape_DHW: Sequence[int], spacing_DHW: Sequence[float], target_spacing_DHW: Sequence[float]
+) -> tuple[int, int, int]:
+    """Output grid ``round(n * spacing / target)`` per axis (at least 1): the extent is kept."""
+    return tuple(
+        max(1, int(round(n * s / t)))
+        for n, s, t in zip(shape_DHW, spacing_DHW, target_spacing_DHW, strict=True)
+    )
+
+
+def _nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    # Voxel-centre mapping (PyTorch's "nearest-exact"): out o samples in floor((o + 0.5) * n_in / n_out).
+    idx = np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.intp)
+    return np.minimum(idx, n_in - 1)
+
+
+def resample(
+    array_DHW: np.ndarray,
+    spacing_DHW: Sequence[float],
+    target_spacing_DHW: Sequence[float],
+    mode: str = "trilinear",
+    backend: str = "torch",
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Resample a ``[D, H, W]`` volume to ``target_spacing_DHW`` (mm) keeping its physical extent.
+
+    Sample positions follow ``align_corners=False`` (voxel centres), as MONAI ``Resize`` and the
+    released fVLM ``Resized`` do; the output shape is :func:`resampled_shape`.
+
+    Args:
+        array_DHW: image (any real dtype) or integer mask.
+        mode: ``"trilinear"`` for images (float32 output) or ``"nearest"`` for masks (dtype kept).
+        backend: trilinear implementation, ``"torch"`` (``F.interpolate``, the measured hot path,
+            bench/results/transforms.json) or ``"monai"`` (``monai.transforms.Resize``, same maths).
+            Nearest always gathers with numpy indices: an exact copy of voxels, no float round trip.
+
+    Returns:
+        ``(resampled_DHW, actual_spacing_DHW)``; the actual spacing is ``n_in * spacing / n_out``,
+        which differs from the target by the rounding of the shape.
+    """
+    if array_DHW.ndim != 3:
+        raise ValueError(f"resample expects a [D, H, W] array, got shape {array_DHW.shape}")
+    out_shape = resampled_shape(array_DHW.shape, spacing_DHW, target_spacing_DHW)
+    actual = tuple(
+        float(n * s / o) for n, s, o in zip(array_DHW.shape, spacing_DHW, out_shape, strict=True)
+    )
+    if mode == "nearest":
+        out = array_DHW
+        for axis, (n_in, n_out) in enumerate(zip(array_DHW.shape, out_shape, strict=True)):
+            if n_in != n_out:  # one take per axis: cheaper than a 3-axis np.ix_ gather
+                out = np.take(out, _nearest_indices(n_in, n_out), axis=axis)
+        return np.ascontiguousarray(out), actual
+    if mode != "trilinear":
+        raise ValueError(f"mode must be 'trilinear' or 'nearest', got {mode!r}")
+    src = torch.from_numpy(np.ascontiguousarray(array_DHW, dtype=np.float32))[None, None]
+    if backend == "torch":
+        out_t = F.interpolate(src, size=out_shape, mode="trilinear", align_corners=False)[0, 0]
+    elif backend == "monai":
+        from monai.transforms import Resize  # imported lazily: MONAI's import costs ~1 s
+
+        resize = Resize(out_shape, mode="trilinear", align_corners=False, dtype=torch.float32)
+        out_t = torch.as_tensor(resize(src[0]))[0]
+    else:
+        raise ValueError(f"backend must be 'torch' or 'monai', got {backend!r}")
+    return out_t.numpy(), actual
+
+
+def hu_window(array_hu: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Clip Hounsfield units to ``[lo, hi]`` and scale linearly to float32 ``[0, 1]``.
+
+    ``out = clip((x - lo) / (hi - lo), 0, 1)``; same shape as the input.
+    """
+    if not hi > lo:
+        raise ValueError(f"HU window needs lo < hi, got ({lo}, {hi})")
+    out = np.asarray(array_hu, dtype=np.float32) - np.float32(lo)  # a new array: input untouched
+    out *= np.float32(1.0 / (hi - lo))
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def to_uint8(array01: np.ndarray) -> np.ndarray:
+    """Map ``[0, 1]`` floats to uint8 ``round(255 * x)`` (values outside are clipped first)."""
+    out = np.clip(np.asarray(array01, dtype=np.float32), 0.0, 1.0) * np.float32(255.0)
+    return np.rint(out, out=out).astype(np.uint8)
+
+
+def hu_to_uint8(array_hu: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``to_uint8(hu_window(x, lo, hi))`` in one pass with one float32 temporary (the hot path)."""
+    if not hi > lo:
+        raise ValueError(f"HU window needs lo < hi, got ({lo}, {hi})")
+    scale = np.float32(255.0 / (hi - lo))
+    out = np.asarray(array_hu, dtype=np.float32) - np.float32(lo)
+    out *= scale
+    np.clip(out, 0.0, 255.0, out=out)
+    return np.rint(out, out=out).astype(np.uint8)
+
+
+def group_mask(raw_mask: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Map raw TotalSegmentator ids to grouped anatomy ids: ``lut[raw_mask]`` (uint8, same shape).
+
+    Args:
+        raw_mask: integer array of TotalSegmentator v2 ``total`` ids (0..117).
+        lut: ``ctvlp.anatomy.group_lut(grouping)`` (length 256).
+    """
+    if not np.issubdtype(raw_mask.dtype, np.integer):
+        if not np.array_equal(raw_mask, np.round(raw_mask)):
+            raise VolumeError("mask_mismatch", f"mask holds non-integer values ({raw_mask.dtype})")
+        raw_mask = raw_mask.astype(np.int32)
+    lo, hi = int(raw_mask.min()), int(raw_mask.max())
+    if lo < 0 or hi >= len(lut):
+        raise VolumeError("mask_mismatch", f"mask labels span [{lo}, {hi}], outside [0, {len(lut) - 1}]")
+    return np.take(lut, raw_mask)
+
+
+def anatomy_boxes(grouped_mask_DHW: np.ndarray, num_anatomies: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-anatomy bounding boxes and voxel counts of a grouped mask, in one pass each.
+
+    Args:
+        grouped_mask_DHW: ``[D, H, W]`` integer mask, values in ``0..M``.
+        num_anatomies: M.
+
+    Returns:
+        ``boxes`` int32 ``[M, 6]`` rows ``(d0, d1, h0, h1, w0, w1)`` half-open, all ``-1`` when the
+        anatomy is absent, and ``voxel_counts`` int64 ``[M]``.
+    """
+    mask = grouped_mask_DHW
+    if mask.ndim != 3 or not np.issubdtype(mask.dtype, np.integer):
+        raise ValueError(f"expected an integer [D, H, W] mask, got {mask.dtype} {mask.shape}")
+    if mask.size and int(mask.max()) > num_anatomies:
+        raise ValueError(f"mask value {int(mask.max())} exceeds num_anatomies={num_anatomies}")
+    counts = np.bincount(mask.ravel(), minlength=num_anatomies + 1)[1 : num_anatomies + 1]
+    boxes = np.full((num_anatomies, 6), -1, dtype=np.int32)
+    # find_objects: one scan, the slice box of each label 1..M (None when absent).
+    for j, sl in enumerate(ndimage.find_objects(mask, max_label=num_anatomies)):
+        if sl is not None:
+            boxes[j] = [sl[0].start, sl[0].stop, sl[1].start, sl[1].stop, sl[2].start, sl[2].stop]
+    return boxes, counts.astype(np.int64)
+
+
+def _window_1d(lo: int, hi: int, margin: int, min_size: int, n: int) -> tuple[int, int, int, int]:
+    # Box [lo, hi) + margin, grown around its centre to min_size using real voxels where the volume
+    # has them; returns (start, stop) inside the volume and the (before, after) zero padding.
+    start, stop = max(0, lo - margin), min(n, hi + margin)
+    if stop - start < min_size:
+        target = min(min_size, n)  # as many real voxels as the volume has
+        start = start - (target - (stop - start)) // 2
+        start = max(0, min(start, n - target))  # shift the window back inside [0, n)
+        stop = start + target
+    pad = max(0, min_size - (stop - start))
+    return start, stop, pad // 2, pad - pad // 2
+
+
+def crop_to_anatomies(
+    image_DHW: np.ndarray,
+    mask_DHW: np.ndarray,
+    margin_DHW: Sequence[int],
+    min_size_DHW: Sequence[int],
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """Crop image and grouped mask to the union box of all anatomies plus a margin, pad to a minimum.
+
+    As fVLM's preprocess (box of all mask voxels, margin, ``SpatialPad``) with one change: when the
+    margined box is smaller than ``min_size_DHW`` it first grows into the real image around the box,
+    and pads (symmetrically, image 0 = air after windowing, mask 0) only what the volume lacks.
+
+    Args:
+        image_DHW: ``[D, H, W]`` windowed image (float in [0, 1] or uint8).
+        mask_DHW: ``[D, H, W]`` grouped mask, same shape.
+        margin_DHW: voxels added on each side of the union box, per axis.
+        min_size_DHW: minimum output size per axis.
+
+    Returns:
+        ``(image_crop, mask_crop, offset_DHW)``; voxel ``c`` of the crop is voxel ``c + offset`` of
+        the input (offsets are negative where padding was added before).
+    """
+    if image_DHW.shape != mask_DHW.shape or image_DHW.ndim != 3:
+        raise VolumeError(
+            "mask_mismatch", f"image {image_DHW.shape} and mask {mask_DHW.shape} differ or not 3D"
+        )
+    check_mask_nonempty(mask_DHW)
+    union = ndimage.find_objects((mask_DHW > 0).view(np.uint8))[0]
+    slices, pads, offset = [], [], []
+    for ax in range(3):
+        start, stop, before, after = _window_1d(
+            union[ax].start, union[ax].stop, int(margin_DHW[ax]), int(min_size_DHW[ax]), mask_DHW.shape[ax]
+        )
+        slices.append(slice(start, stop))
+        pads.append((before, after))
+        offset.append(start - before)
+    img, msk = image_DHW[tuple(slices)], mask_DHW[tuple(slices)]
+    if any(p != (0, 0) for p in pads):
+        img = np.pad(img, pads, mode="constant", constant_values=0)
+        msk = np.pad(msk, pads, mode="constant", constant_values=0)
+    return np.ascontiguousarray(img), np.ascontiguousarray(msk), tuple(offset)

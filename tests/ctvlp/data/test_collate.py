@@ -1,0 +1,31 @@
+"""Collate: batch contract shapes/dtypes and dynamic text padding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ctvlp.data import collate
+
+
+def _sample(ids, fill=255):
+    return {"study_id": "s", "image": np.full((2, 3, 4), fill, np.uint8), "mask": np.ones((2, 3, 4), np.uint8),
+            "abnormal": np.array([1, 0]), "input_ids": [np.array(i) for i in ids]}
+
+
+def test_batch_contract_and_padding():
+    batch = collate([_sample([[2, 7, 3], [2, 3]]), _sample([[2, 3], [2, 9, 9, 9, 3]], fill=0)], pad_id=0)
+    assert batch["image"].shape == (2, 1, 2, 3, 4) and batch["image"].dtype == torch.float32
+    assert batch["image"][0].max() == 1.0 and batch["image"][1].max() == 0.0
+    assert batch["mask"].dtype == torch.int64 and batch["abnormal"].tolist() == [[1, 0], [1, 0]]
+    assert batch["text_ids"].shape == (2, 2, 5)  # padded to the longest text of the batch
+    assert batch["text_mask"][1, 1].tolist() == [1, 1, 1, 1, 1] and batch["text_mask"][0, 1].tolist() == [1, 1, 0, 0, 0]
+    assert batch["text_ids"][0, 1].tolist() == [2, 3, 0, 0, 0]
+
+
+def test_mismatched_shapes_fail():
+    a, b = _sample([[2, 3], [2, 3]]), _sample([[2, 3], [2, 3]])
+    b["image"] = np.zeros((2, 3, 5), np.uint8)
+    with pytest.raises(ValueError, match="crop shapes"):
+        collate([a, b])

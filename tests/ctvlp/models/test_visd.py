@@ -1,0 +1,79 @@
+"""VisionModel: encoder + flags + token_transform hook + pooling, built from spec.model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ctvlp.models.visd import VisionModel, build_vision_model
+
+
+def _batch(b=2, size=(24, 40, 48), m=3):
+    image = torch.rand(b, 1, *size)
+    mask = torch.zeros(b, *size, dtype=torch.long)
+    mask[:, 4:12, 8:20, 8:24] = 1  # interior: intact
+    mask[:, 0:6, 20:30, 30:40] = 2  # touches d=0
+    mask[0, 14:20, 10:30, 26:44] = 3  # anatomy 3 only in sample 0
+    return image, mask
+
+
+def test_forward_shapes_and_masks():
+    torch.manual_seed(0)
+    model = VisionModel(3, "debug", width=8, token_dim=16, embed_dim=12, pool_heads=4).eval()
+    image, mask = _batch()
+    with torch.no_grad():
+        out = model(image, mask)
+    assert [t.shape[1] for t in out["tokens"]] == [f.shape[-1] for f in out["flags"]]
+    assert out["grids"] == [(12, 10, 12), (6, 5, 6), (3, 3, 3), (2, 2, 2)]
+    assert out["embeds"].shape == (2, 3, 12)
+    assert out["valid"].tolist() == [[True, True, True], [True, True, False]]
+    assert out["intact"].tolist() == [[True, False, True], [True, False, False]]
+    assert torch.equal(out["embeds"][1, 2], torch.zeros(12))
+
+
+def test_token_transform_replaces_tokens_before_pooling():
+    torch.manual_seed(0)
+    model = VisionModel(3, "debug", 8, 16, 12, 4).eval()
+    image, mask = _batch()
+    seen = {}
+
+    def boost_last_level(tokens, flags):
+        seen["shapes"] = [t.shape for t in tokens], [f.shape for f in flags]
+        return tokens[:-1] + [tokens[-1] * 0 + 1.0]
+
+    with torch.no_grad():
+        base = model(image, mask)
+        boosted = model(image, mask, token_transform=boost_last_level)
+    assert seen["shapes"] == ([t.shape for t in base["tokens"]], [f.shape for f in base["flags"]])
+    assert torch.equal(boosted["tokens"][-1], torch.ones_like(base["tokens"][-1]))
+    assert not torch.allclose(boosted["embeds"], base["embeds"])
+    with pytest.raises(ValueError, match="unchanged shapes"):
+        model(image, mask, token_transform=lambda t, f: t[:-1])
+
+
+def test_gradients_reach_encoder_and_queries():
+    torch.manual_seed(0)
+    model = VisionModel(3, "debug", 8, 16, 12, 4).train()
+    image, mask = _batch()
+    out = model(image, mask)
+    (out["embeds"] * torch.randn_like(out["embeds"])).sum().backward()
+    assert model.encoder.backbone.conv1.weight.grad.abs().sum() > 0
+    assert model.pooling.query.grad.abs().sum() > 0
+
+
+def test_shape_mismatch_raises():
+    model = VisionModel(3, "debug", 8, 16, 12, 4)
+    image, mask = _batch()
+    with pytest.raises(ValueError, match="same B, D, H, W"):
+        model(image, mask[:, :-1])
+
+
+def test_build_from_model_spec():
+    from ctvlp.config import ModelSpec
+
+    spec = ModelSpec.model_validate({"encoder_depth": "debug", "encoder_width": 8, "token_dim": 32,
+                                     "embed_dim": 24, "pool_heads": 4})
+    model = build_vision_model(spec, num_anatomies=5, gradient_checkpointing=True)
+    assert model.encoder.backbone.stage_channels == (8, 16, 32, 64)
+    assert model.pooling.query.shape == (5, 32) and model.pooling.proj_weight.shape == (5, 32, 24)
+    assert model.encoder.backbone.gradient_checkpointing

@@ -1,0 +1,47 @@
+"""Phase chaining through jobs.pipeline: phase 2 starts from phase 1's exported weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.jobs.toy_task import TOY_FACTORY, toy_rows
+
+
+@pytest.mark.slow
+def test_phase2_starts_from_phase1_export(ray_session, tmp_path):
+    import ray
+    from safetensors.torch import load_file
+
+    from ctvlp.config import load_spec
+    from jobs.pipeline import run_pipeline
+
+    rows = toy_rows(32, seed=1)
+    phase = lambda n, lr: [f"phases.phase{n}.{kv}" for kv in  # noqa: E731
+                           ("epochs=1", "batch_size=8", f"lr={lr}", f"min_lr={lr / 100}", "warmup_epochs=0.5")]
+    spec = load_spec(None, [f"storage.root={tmp_path / 'runs'}", "name=chain", "resources.num_workers=2",
+                            *phase(1, 0.05), *phase(2, 1e-9)])  # phase 2 barely moves: weights ~= its init
+    results = run_pipeline(spec, phases=(1, 2), datasets={"train": ray.data.from_items(rows)},
+                           num_train_rows=len(rows), task_factory=TOY_FACTORY)
+
+    w1 = load_file(str(Path(results[1].export_uri) / "model.safetensors"))
+    w2 = load_file(str(Path(results[2].export_uri) / "model.safetensors"))
+    fresh = load_file(str(_fresh_export(tmp_path) / "model.safetensors"))
+    for key in w1:
+        assert torch.allclose(w2[key], w1[key], atol=1e-6), key  # started from phase 1's weights
+    assert any(not torch.allclose(w1[k], fresh[k], atol=1e-3) for k in w1)  # phase 1 did train
+    # the resolved URI is recorded in phase 2's resolved spec (checkpoint and export)
+    for directory in (Path(results[2].checkpoint_uri), Path(results[2].export_uri)):
+        recorded = yaml.safe_load((directory / "resolved_spec.yaml").read_text())
+        assert recorded["phases"]["phase2"]["init"]["vision_encoder"] == results[1].export_uri
+
+
+def _fresh_export(tmp_path: Path) -> Path:
+    from tests.jobs.toy_task import ToyTask
+
+    out = tmp_path / "fresh"
+    ToyTask(seed=0).export(out)
+    return out

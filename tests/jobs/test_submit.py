@@ -1,0 +1,159 @@
+"""``ray job submit --working-dir . -- python jobs/phase4.py --spec ...`` against a local head.
+
+What the README tells users to do, on loopback: ``ray start --head`` with token authentication on
+(Ray 2.60's default) and a small object store, then a submit from a *different* shell whose only
+credential is the token (``RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(ray get-auth-token)`` on the
+head). The working directory is a copy of the repo whose ``ctvlp.__version__`` is marked, and the
+job must report that marked version, imported from Ray's runtime-resources directory (py_modules),
+on the driver and on the Train workers: the installed (editable) copy never runs.
+Phase 4 trains for real (debug model, demo data preset, 2 CPU workers, DeepSpeed ZeRO-1) from
+phase 2/3 exports that the test writes where the spec's phase references resolve.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.jobs.shards import write_tiny_shards
+
+DEBUG_MODEL = ["model.encoder_depth=debug", "model.text.name_or_path=tiny", "model.vq.dim=32",
+               "model.vq.code_dim=32", "model.vq.mlp_dim=64", "model.vq.heads=2", "model.vq.dim_head=16",
+               "model.vq.codebook_size=8"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spec_tree(tmp: Path) -> dict:
+    from ctvlp.config import load_spec, settable_dict
+
+    spec = load_spec(None, ["name=submit", "data.preset=demo", f"data.shards_uri={tmp / 'shards'}",
+                            f"storage.root={tmp / 'runs'}", "resources.num_workers=2", *DEBUG_MODEL,
+                            "phases.phase4.epochs=1", "phases.phase4.batch_size=2",
+                            "phases.phase4.max_steps_per_epoch=2", "phases.phase4.checkpoint_every_steps=1"])
+    return settable_dict(spec)
+
+
+def _prepare_inputs(tmp: Path, tree: dict) -> str:
+    """Shards plus phase 2/3 exports (untrained debug tasks) where phase 4's references resolve."""
+    from ctvlp.config import spec_from_dict
+    from ctvlp.tasks import build_task
+    from jobs.plan import export_uri, resolve_phase
+
+    spec = spec_from_dict(tree)
+    write_tiny_shards(spec.data.shards_uri, num_studies=4, num_anatomies=spec.data.num_anatomies, shape=(48, 64, 64))
+    for phase in (2, 3):
+        build_task(resolve_phase(spec, phase), phase, init={}).export(export_uri(resolve_phase(spec, phase), phase))
+    return export_uri(resolve_phase(spec, 4), 4)
+
+
+def _working_dir(repo_root: Path, dest: Path, marker: str) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for part in ("jobs", "ingest", "platform/ctvlp"):
+        shutil.copytree(repo_root / part, dest / part, ignore=ignore)
+    init = dest / "platform/ctvlp/__init__.py"
+    init.write_text(init.read_text().replace('__version__ = "0.1.0"', f'__version__ = "0.1.0+{marker}"'))
+    assert marker in init.read_text()
+
+
+class LocalHead:
+    """A ``ray start --head`` on loopback in its own temp dir and HOME; stopped by pid."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="ctvlp-head-", dir="/tmp"))  # short: socket paths
+        self.home = tmp / "head_home"
+        self.home.mkdir()
+        self.dashboard = _free_port()
+        venv_bin = str(Path(sys.executable).parent)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PYTHONPATH"))}
+        self.env.update(HOME=str(self.home), PATH=f"{venv_bin}:{self.env.get('PATH', '')}",
+                        RAY_USAGE_STATS_ENABLED="0")
+
+    def start(self) -> None:
+        cmd = ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+               "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard}", "--include-dashboard=true",
+               "--num-cpus=2", "--object-store-memory=300000000", f"--temp-dir={self.temp_dir}",
+               "--disable-usage-stats"]
+        subprocess.run(cmd, env=self.env, check=True, capture_output=True, text=True, timeout=180)
+
+    def token(self) -> str:
+        out = subprocess.run(["ray", "get-auth-token"], env=self.env, capture_output=True, text=True,
+                             timeout=60, check=True)
+        return out.stdout.strip().splitlines()[-1]
+
+    def stop(self) -> None:
+        """SIGTERM then SIGKILL every process whose command line names this head's temp dir."""
+        import psutil
+
+        def ours():
+            found = []
+            for p in psutil.process_iter(["pid", "cmdline"]):
+                try:
+                    if any(str(self.temp_dir) in a for a in (p.info["cmdline"] or [])):
+                        found.append(p)
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            return found
+
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for p in ours():
+                try:
+                    p.send_signal(sig)
+                except psutil.NoSuchProcess:
+                    pass
+            time.sleep(3)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _submit(head: LocalHead, client_env: dict, workdir: Path, args: list[str], timeout: int):
+    cmd = ["ray", "job", "submit", "--address", f"http://127.0.0.1:{head.dashboard}",
+           "--working-dir", ".", "--", "python", *args]
+    return subprocess.run(cmd, cwd=workdir, env=client_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_phase4_from_the_submitted_working_dir(repo_root, tmp_path):
+    marker = f"submitted{uuid.uuid4().hex[:8]}"
+    workdir = tmp_path / "work"
+    _working_dir(repo_root, workdir, marker)
+    tree = _spec_tree(tmp_path)
+    (workdir / "jobs/specs/submit.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    export = _prepare_inputs(tmp_path, tree)
+
+    head = LocalHead(tmp_path)
+    head.start()
+    try:
+        client_env = {k: v for k, v in head.env.items()}
+        client_env["HOME"] = str(tmp_path / "client_home")  # this shell has no token file
+        denied = _submit(head, client_env, workdir, ["jobs/phase4.py", "--dry-run"], timeout=120)
+        assert denied.returncode != 0 and "token" in (denied.stdout + denied.stderr).lower()
+
+        client_env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=head.token())
+        done = _submit(head, client_env, workdir, ["jobs/phase4.py", "--spec", "jobs/specs/submit.yaml"], timeout=560)
+        log = done.stdout + done.stderr
+        assert done.returncode == 0 and "succeeded" in log, log[-4000:]
+    finally:
+        head.stop()
+
+    imported = [line for line in log.splitlines() if "ctvlp imported from" in line]
+    assert len(imported) >= 2, log[-4000:]  # the driver and rank 0 of the Train workers
+    assert any("[phase4]" in line for line in imported)
+    for line in imported:
+        assert marker in line, line  # the submitted copy's version ...
+        assert str(repo_root / "platform") not in line and "runtime_resources" in line  # ... via py_modules
+    assert (Path(export) / "export_meta.json").is_file()
