@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
@@ -134,40 +135,67 @@ def read_mask(rec: dict[str, Any], shape, affines: list[np.ndarray], storage: St
     raise errors[-1]
 
 
-def _native_window(mask_dhw: np.ndarray, spacing, cfg: StageConfig) -> tuple[slice, ...]:
-    """Native-resolution window that surely holds the final crop (box + margin, grown to min size).
+def _native_window(mask_xyz: np.ndarray, affine: np.ndarray, lut: np.ndarray,
+                   cfg: StageConfig) -> tuple[slice, ...]:
+    """Window of the *stored* grid that surely holds the final crop (box + margin, min size).
 
-    Cropping before resampling saves most of the trilinear work on big volumes; the final crop is
-    still made by ``crop_to_anatomies`` on the output grid, so the result matches cropping after.
+    One ``find_objects`` pass over the raw TotalSegmentator mask gives every class's box; the
+    union over the grouping's classes is grown by the margin and to the min size (converted to
+    stored voxels). Cropping here, before reorientation, grouping and resampling, means the
+    flips/copies of ``to_canonical``, the LUT and the trilinear pass touch only the window; the
+    final crop is still ``crop_to_anatomies`` on the output grid, so the result is the same.
     """
-    validate.check_mask_nonempty(mask_dhw)
-    union = ndimage.find_objects((mask_dhw > 0).view(np.uint8))[0]
+    ids = np.flatnonzero(lut)  # TS class ids that belong to some anatomy
+    # nibabel hands back Fortran-ordered arrays: scan the transposed (C-ordered) view in memory
+    # order (5-10x faster than striding), then put the box axes back in (x, y, z) order.
+    flip = mask_xyz.flags.f_contiguous and not mask_xyz.flags.c_contiguous
+    found = ndimage.find_objects(mask_xyz.T if flip else mask_xyz, max_label=int(ids.max()))
+    boxes = [found[i - 1][::-1] if flip else found[i - 1]
+             for i in ids if i - 1 < len(found) and found[i - 1] is not None]
+    if not boxes:
+        raise validate.VolumeError("empty_mask", "no voxel of any anatomy of the grouping")
+    ornt = nib.orientations.io_orientation(affine)
+    zooms = T.voxel_sizes(affine)
     out = []
     for ax in range(3):
-        scale = cfg.spacing[ax] / spacing[ax]  # native voxels per output voxel
-        lo, hi = union[ax].start, union[ax].stop
-        need = max(hi - lo + 2 * cfg.crop_margin[ax] * scale, cfg.min_size[ax] * scale)
+        lo, hi = min(b[ax].start for b in boxes), max(b[ax].stop for b in boxes)
+        dhw = 2 - int(ornt[ax, 0])  # stored axis -> RAS axis (x, y, z) -> (D, H, W) index
+        scale = cfg.spacing[dhw] / zooms[ax]  # stored voxels per output voxel
+        need = max(hi - lo + 2 * cfg.crop_margin[dhw] * scale, cfg.min_size[dhw] * scale)
         extra = int(math.ceil((need - (hi - lo)) / 2 + 2 * scale + 2))
-        start, stop = max(0, lo - extra), min(mask_dhw.shape[ax], hi + extra)
-        out.append(slice(start, stop))
+        out.append(slice(max(0, lo - extra), min(mask_xyz.shape[ax], hi + extra)))
     return tuple(out)
+
+
+def _integer_mask(mask: np.ndarray) -> np.ndarray:
+    if np.issubdtype(mask.dtype, np.integer):
+        return mask
+    if not np.array_equal(mask, np.round(mask)) or mask.min() < 0 or mask.max() > 255:
+        raise validate.VolumeError("mask_mismatch", f"mask values are not TotalSegmentator ids ({mask.dtype})")
+    return mask.astype(np.uint8)
 
 
 def transform(image_xyz, affine, mask_xyz, cfg: StageConfig) -> dict[str, Any]:
     """Arrays -> cropped uint8 image/mask ``[D, H, W]`` on the target grid + boxes and counts."""
-    image, spacing = T.to_canonical(image_xyz, affine)
-    validate.check_spacing(spacing)
-    grouped = T.group_mask(mask_xyz, _lut(json.dumps(cfg.grouping)))
-    mask, _ = T.to_canonical(grouped, affine)
-    window = _native_window(mask, spacing, cfg)
-    image, mask = image[window], mask[window]
+    validate.check_spacing(T.voxel_sizes(affine))
+    lut = _lut(json.dumps(cfg.grouping))
+    mask_xyz = _integer_mask(mask_xyz)
+    window = _native_window(mask_xyz, affine, lut, cfg)
+    shift = np.eye(4)
+    shift[:3, 3] = [w.start for w in window]
+    crop_affine = affine @ shift  # voxel (0,0,0) of the window
+    image, spacing = T.to_canonical(image_xyz[window], crop_affine)
+    # The LUT gather in memory order too (see _native_window): group the transposed view.
+    grouped = T.group_mask(mask_xyz[window].T, lut).T
+    mask, _ = T.to_canonical(grouped, crop_affine)
     image, out_spacing = T.resample(image, spacing, cfg.spacing, mode="trilinear")
     mask, _ = T.resample(mask, spacing, cfg.spacing, mode="nearest")
     image = T.hu_to_uint8(image, *cfg.hu_window)
     image, mask, _ = T.crop_to_anatomies(image, mask, cfg.crop_margin, cfg.min_size)
     boxes, counts = T.anatomy_boxes(mask, len(cfg.grouping))
     return {"image": image, "mask": mask, "spacing": out_spacing, "boxes": boxes, "counts": counts,
-            "orig_spacing": spacing, "orig_shape": tuple(int(s) for s in image_xyz.shape)}
+            "orig_spacing": T.voxel_sizes(affine).tolist(),
+            "orig_shape": tuple(int(s) for s in image_xyz.shape)}
 
 
 def report_texts(rec: dict[str, Any], cfg: StageConfig) -> tuple[list[str], list[int]]:

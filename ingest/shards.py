@@ -1,16 +1,16 @@
 """Training shards: deterministic shard plan, the group writer, completion markers, index, summary.
 
-Format: **Parquet**, one row per study (schema: docs/DESIGN.md), volumes as zstd-3 compressed uint8
-inside binary columns (Parquet's own compression is off for those two columns, on (zstd) for the
+Format: **Parquet**, one row per study (schema: docs/DESIGN.md), volumes as compressed uint8
+inside binary columns (Parquet's own compression is off for those two columns, zstd for the
 rest). Chosen over WebDataset tar by measurement (``bench/shard_format.py``, figures in
-``bench/results/shard_format.md``): decoded samples/s per core are set by the volume codec, not
-by the container, and the two containers read within a few percent of each other; Parquet wins
-on what is left: column projection (the index and the eval's metadata scans read no voxels),
-row groups for streaming a 384 MB shard without holding it, typed nested columns for boxes and
-token ids instead of per-sample JSON/npy members, and it is what Ray Data reads natively
-(``read_parquet`` with per-file tasks). zstd-3 over lz4: about 20-35 % smaller files for a
-decode that still feeds one GPU at ~45 samples/s with a few cores; over gzip (.nii.gz): several
-times faster to decode at a similar size.
+``bench/results/shard_format.md``): read + decode samples/s per core are set by the volume codec,
+not by the container (Parquet and tar were within the run-to-run noise of our shared 2-core
+machine), so Parquet wins on what is left: column projection (the index and the eval's metadata
+scans read no voxels), row groups for streaming a 384 MB shard without holding it, typed nested
+columns for boxes and token ids instead of per-sample JSON members, and native, per-file parallel
+reads in Ray Data (``read_parquet``). Codec (``ingest.codec``/``codec_level``): on a 143 x 256 x 352
+uint8 crop, lz4 decoded 2-5x faster than zstd-3 for ~1.5x the bytes, zstd-1 sat between them,
+gzip (.nii.gz) was the slowest; the choice is bytes on the wire/disk vs cores per GPU.
 
 Naming and resumption ("nothing lost, nothing twice"): the plan assigns each study to
 ``<split>-<bucket>-of-<n>`` with ``bucket = sha1(study_id) mod n`` and ``n`` from the split's size

@@ -108,7 +108,8 @@ class ZeroShotPredictor:
         emb = embed_studies(self.model, samples, self.roi, self.batch_size, self.k)
         names = [d.name for d in self.diseases]
         scores = self.bank.score(emb) if self.bank else np.full((n, len(names)), np.nan)
-        return {"study_id": np.asarray(emb.study_ids), "embeds": emb.embeds, "present": emb.present,
+        return {"study_id": np.asarray(emb.study_ids), "split": np.asarray([s["split"] for s in samples]),
+                "embeds": emb.embeds, "present": emb.present,
                 "abnormal": emb.abnormal.astype(np.int64), "act_orig": emb.act_orig, "act_boost": emb.act_boost,
                 "code_counts": emb.code_counts, "scores": scores,
                 "labels": label_matrix([s["disease_labels"] for s in samples], names)}
@@ -125,11 +126,12 @@ class SplitOutputs:
         return ProbeSet(self.arrays["embeds"], self.arrays["present"], self.arrays["labels"])
 
 
-def infer_split(spec: Any, model_uri: str, split: str, activation_samples: int = 64) -> SplitOutputs:
-    """Ray Data batch inference over the committed shards of ``split``."""
+def infer_splits(spec: Any, model_uri: str, splits: list[str], activation_samples: int = 64) -> dict[str, SplitOutputs]:
+    """Ray Data batch inference over the committed shards of ``splits``, in one execution (the
+    actors load the model once for all splits)."""
     import ray.data
 
-    uris = train_shard_uris(spec, split)
+    uris = [u for split in splits for u in train_shard_uris(spec, split)]
     storage = storage_of(spec)
     fs, _ = storage.arrow_fs(uris[0]) if is_s3(uris[0]) else (None, None)
     paths = [storage.fs(u)[1] for u in uris] if fs is not None else uris
@@ -146,11 +148,18 @@ def infer_split(spec: Any, model_uri: str, split: str, activation_samples: int =
     )
     parts = list(ds.iter_batches(batch_size=256, batch_format="numpy"))
     if not parts:
-        raise ValueError(f"split {split!r} has committed shards but no rows")
+        raise ValueError(f"splits {splits} have committed shards but no rows")
     ids = np.concatenate([p["study_id"] for p in parts]).astype(str)
-    order = np.argsort(ids, kind="stable")
-    arrays = {k: np.concatenate([p[k] for p in parts])[order] for k in OUT_KEYS}
-    return SplitOutputs(ids[order].tolist(), arrays)
+    split_of = np.concatenate([p["split"] for p in parts]).astype(str)
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in OUT_KEYS}
+    out = {}
+    for split in splits:
+        rows = np.flatnonzero(split_of == split)
+        rows = rows[np.argsort(ids[rows], kind="stable")]
+        if rows.size == 0:
+            raise ValueError(f"split {split!r} has committed shards but no rows")
+        out[split] = SplitOutputs(ids[rows].tolist(), {k: v[rows] for k, v in arrays.items()})
+    return out
 
 
 def has_split(spec: Any, split: str) -> bool:
@@ -166,9 +175,8 @@ def split_frames(out: SplitOutputs, names: list[str], key: str = "scores"):
     return frames_from_arrays(out.study_ids, names, out.arrays["labels"], out.arrays[key])
 
 
-def run_probe(spec: Any, model_uri: str, test: SplitOutputs, names: list[str], anatomy_of: dict) -> EvalResult:
+def run_probe(spec: Any, train: SplitOutputs, test: SplitOutputs, names: list[str], anatomy_of: dict) -> EvalResult:
     """Linear probe (paper Table 4): heads fitted on the train split, scored on ``test``."""
-    train = infer_split(spec, model_uri, "train", activation_samples=0)
     index = [spec.data.anatomies.index(anatomy_of[n]) for n in names]
     fit = fit_probe(train.probe_set(), names, index, epochs=spec.eval.probe_epochs, seed=spec.seed)
     for name, note in fit.notes.items():
@@ -243,16 +251,15 @@ def phase_run_dirs(spec: Any) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------- main
-def zero_shot_tables(spec: Any, model_uri: str, test: SplitOutputs, names: list[str], anatomy_of: dict,
-                     work: Path) -> dict[str, EvalResult]:
+def zero_shot_tables(spec: Any, test: SplitOutputs, val: SplitOutputs | None, names: list[str],
+                     anatomy_of: dict, work: Path) -> dict[str, EvalResult]:
     """Zero-shot results on the evaluated-set threshold, plus the held-out one when possible."""
     boot, seed = spec.eval.bootstrap_samples, spec.seed
     labels, scores = split_frames(test, names)
     evaluated = evaluate(labels, scores, anatomy_of, n_bootstrap=boot, seed=seed)
     evaluated.save(work / "zero_shot")
     tables = {"zero-shot (threshold on the evaluated set)": evaluated}
-    if spec.eval.split == "test" and has_split(spec, "valid"):
-        val = infer_split(spec, model_uri, "valid", activation_samples=0)
+    if val is not None:
         vl, vs = split_frames(val, names)
         vl.to_csv(work / "val_labels.csv", na_rep="")
         vs.to_csv(work / "val_scores.csv", na_rep="")
@@ -281,7 +288,10 @@ def evaluate_model(spec: Any, model_uri: str | None = None, out_uri: str | None 
     out_uri = out_uri or output_dir(spec, model_uri)
     diseases = spec.eval.disease_list(spec.data)
     names, anatomy_of = [d.name for d in diseases], {d.name: d.anatomy for d in diseases}
-    test = infer_split(spec, model_uri, spec.eval.split)
+    probe_on = bool(getattr(spec.eval, "probe", False))
+    splits = [spec.eval.split] + (["valid"] if spec.eval.split == "test" and has_split(spec, "valid") else [])
+    outs = infer_splits(spec, model_uri, splits + (["train"] if probe_on else []))
+    test, val = outs[spec.eval.split], outs.get("valid") if len(splits) == 2 else None
     with tempfile.TemporaryDirectory(prefix="ctvlp-eval-") as tmp:
         work = Path(tmp) if is_s3(out_uri) else Path(out_uri)
         work.mkdir(parents=True, exist_ok=True)
@@ -289,10 +299,11 @@ def evaluate_model(spec: Any, model_uri: str | None = None, out_uri: str | None 
         labels.to_csv(work / "labels.csv", na_rep="")
         scores.to_csv(work / "scores.csv", na_rep="")
         has_zero_shot = bool(np.isfinite(test.arrays["scores"]).any())
-        tables: dict[str, Any] = zero_shot_tables(spec, model_uri, test, names, anatomy_of, work) if has_zero_shot else {}
+        tables: dict[str, Any] = zero_shot_tables(spec, test, val, names, anatomy_of, work) if has_zero_shot else {}
         probe = None
-        if getattr(spec.eval, "probe", False) or not has_zero_shot:  # a vision-only export: probe only
-            probe = run_probe(spec, model_uri, test, names, anatomy_of)
+        if probe_on or not has_zero_shot:  # a vision-only export: the probe is all it can do
+            train = outs["train"] if probe_on else infer_splits(spec, model_uri, ["train"], 0)["train"]
+            probe = run_probe(spec, train, test, names, anatomy_of)
             probe.save(work / "linear_probe")
             tables["linear probe (frozen vision encoder, paper Table 4)"] = probe
         if loss_curves is None:

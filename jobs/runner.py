@@ -164,6 +164,8 @@ def train_fn_per_worker(config: dict) -> None:
         kwargs.setdefault("init", fetch_inits(config["spec"], plan))
     task = import_callable(config["task_factory"])(config["spec"], plan.phase, **kwargs)
     engine = build_engine(task.module, plan.train, config["steps_per_epoch"])
+    if hasattr(task, "train"):  # ctvlp.tasks: train mode, but frozen parts stay in eval mode
+        task.train()
     state, resume = _restore(engine, plan)
     tracker = MetricsTracker(_tensorboard_dir(plan), enabled=rank == 0, console_every=plan.train.log_every)
     loop = _Loop(plan, config, task, engine, tracker, resume, rank)

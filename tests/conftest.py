@@ -21,6 +21,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+def pytest_configure(config):
+    # One intra-op thread per test process: on a 2-core machine shared with Ray workers and other
+    # processes, torch's default pool oversubscribes the cores (measured ~30x slower VQ steps).
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _has_cuda() -> bool:
     try:
         import torch

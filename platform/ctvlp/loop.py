@@ -195,6 +195,21 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _broadcast_scalar_params(module: torch.nn.Module) -> None:
+    """Sync 0-dim parameters (e.g. a learnable temperature) from rank 0 ourselves.
+
+    DeepSpeed 0.19.8's ``_broadcast_model`` sends every parameter as ``p.data.view(torch.uint8)``,
+    which raises "self.dim() cannot be 0 to view Float as Byte" for 0-dim tensors once there are
+    2+ ranks. We broadcast those here and set ``ds_optim_param``, the attribute with which that
+    loop skips parameters (it is otherwise read only by OptimizedLinear CPU offload, unused here).
+    """
+    for p in module.parameters():
+        if p.dim() == 0:
+            if dist.get_world_size() > 1:
+                dist.broadcast(p.data, src=0)
+            p.ds_optim_param = True
+
+
 def build_engine(module: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int):
     """Wrap ``module`` in a DeepSpeed engine with AdamW and the warm-up/cosine schedule.
 
@@ -209,6 +224,7 @@ def build_engine(module: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}: is the split smaller than one batch?")
     ensure_process_group()
     deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False)
+    _broadcast_scalar_params(module)
     optimizer = torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(cfg, steps_per_epoch))
     engine, _, _, _ = deepspeed.initialize(

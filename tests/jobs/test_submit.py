@@ -85,6 +85,11 @@ class LocalHead:
                         RAY_USAGE_STATS_ENABLED="0")
 
     def start(self) -> None:
+        # Token auth on, explicitly: a loopback head otherwise starts with it disabled. The token
+        # is generated into this head's HOME (~/.ray/auth_token) and read by `ray start`.
+        subprocess.run(["ray", "get-auth-token", "--generate"], env=self.env, check=True,
+                       capture_output=True, text=True, timeout=60)
+        self.env["RAY_AUTH_MODE"] = "token"
         cmd = ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
                "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard}", "--include-dashboard=true",
                "--num-cpus=2", "--object-store-memory=300000000", f"--temp-dir={self.temp_dir}",
@@ -138,7 +143,7 @@ def test_ray_job_submit_runs_phase4_from_the_submitted_working_dir(repo_root, tm
     head = LocalHead(tmp_path)
     head.start()
     try:
-        client_env = {k: v for k, v in head.env.items()}
+        client_env = {k: v for k, v in head.env.items() if k != "RAY_AUTH_MODE"}
         client_env["HOME"] = str(tmp_path / "client_home")  # this shell has no token file
         denied = _submit(head, client_env, workdir, ["jobs/phase4.py", "--dry-run"], timeout=120)
         assert denied.returncode != 0 and "token" in (denied.stdout + denied.stderr).lower()

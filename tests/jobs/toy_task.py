@@ -32,9 +32,21 @@ def toy_rows(n: int, seed: int = 0) -> list[dict]:
     return [{"x": x[i], "y": np.float32(y[i])} for i in range(n)]
 
 
+class ToyNet(nn.Module):
+    """Conv net + a 0-dim learnable output scale (like the tasks' learnable temperatures)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1),
+                                  nn.Flatten(), nn.Linear(4, 1))
+        self.scale = nn.Parameter(torch.tensor(1.0))  # 0-dim: exercises loop._broadcast_scalar_params
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) * self.scale
+
+
 def toy_module() -> nn.Module:
-    return nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1),
-                         nn.Flatten(), nn.Linear(4, 1))
+    return ToyNet()
 
 
 class ToyTask:

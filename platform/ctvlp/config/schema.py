@@ -165,6 +165,11 @@ class VQSpec(Strict):
     dropout: Prob = 0.1
     search: Literal["anatomy", "global"] = "anatomy"  # eq. 3: within the anatomy's K; released: all
     condition: Literal["embedding", "linear"] = "embedding"  # released: Linear(1->d) on the index
+    hidden_dim: PosInt = 512  # width of the in/out projections (released: 512)
+    ema_bias_correction: bool = True  # released: Adam-style bias-corrected EMA
+    # Re-seed codes whose EMA count falls below this with live vectors (0 = off, as released).
+    # On by default: without it the codebook collapses on our data (perplexity < K/4, AUC ~0.5-0.7).
+    dead_code_threshold: Annotated[float, Field(ge=0)] = 0.5
 
 
 class ModelSpec(Strict):
@@ -184,6 +189,9 @@ class ModelSpec(Strict):
     disease_temperature: PosFloat = 0.07  # eq. 2 temperature
     momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.995  # momentum-encoder EMA decay
     itc_targets: Literal["hard", "soft"] = "hard"  # eq. 1 hard targets, or fVLM's soft targets
+    itc_reduction: Literal["pairs", "anatomy_sum"] = "pairs"  # eq. 1 mean over pairs; fVLM: sum of organ means
+    itc_skip_without_abnormal: bool = False  # fVLM: skip an anatomy with no abnormal intact sample
+    disease_positives: Literal["sum", "mean"] = "sum"  # eq. 2 as printed, or SupCon's mean
     vq: VQSpec = VQSpec()
     perception_activation: Literal["gelu", "none"] = "gelu"  # released code: none
 
@@ -300,6 +308,9 @@ class IngestSpec(Strict):
     batch_size: PosInt = 4  # studies per map_batches call
     num_cpus_per_task: PosFloat = 1.0
     max_studies: NonNegInt = 0  # 0 = all
+    studies_per_shard: NonNegInt = 0  # 0 = derived from shard_target_mb and the crop size
+    groups_per_wave: NonNegInt = 0  # shard groups decoded per wave (0 = 2 x the cluster's CPUs)
+    mask_dir: str = "masks"  # CT-RATE layout: supplied masks under <source_uri>/<mask_dir>/<split>/...
 
     @model_validator(mode="after")
     def _llm_path(self):
@@ -325,6 +336,7 @@ class EvalSpec(Strict):
     batch_size: PosInt = 8
     tsne: bool = True
     probe_epochs: PosInt = 50
+    probe: bool = False  # also fit the linear probe (paper Table 4) on the train split
 
     def disease_list(self, data: DataSpec) -> list[DiseaseSpec]:
         if isinstance(self.diseases, list):

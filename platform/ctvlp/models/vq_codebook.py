@@ -235,6 +235,7 @@ class AnatomyEMAQuantizer(nn.Module):
         if self.cfg.ema_bias_correction:  # stored stats are biased: a corrected count of 1 = corr
             corr = (1 - self.cfg.decay ** self.num_updates.double()).float()[:, None]
         new_count = torch.ones_like(self.ema_count) * corr
-        self.codebook.copy_(torch.where(take[..., None], chosen.view(M, K, C), self.codebook))
+        chosen = chosen.view(M, K, C)
+        self.codebook.copy_(torch.where(take[..., None], chosen, self.codebook))
         self.ema_count.copy_(torch.where(take, new_count, self.ema_count))
-        self.ema_sum.copy_(torch.where(take[..., None], chosen.view(M, K, C) * new_count[..., None], self.ema_sum))
+        self.ema_sum.copy_(torch.where(take[..., None], chosen * new_count[..., None], self.ema_sum))

@@ -46,18 +46,18 @@ class _Attention(nn.Module):
 
     def __init__(self, dim: int, heads: int, dim_head: int, dropout: float) -> None:
         super().__init__()
-        self.heads, self.dropout = heads, dropout
+        self.heads, self.dim_head, self.dropout = heads, dim_head, dropout
         self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
         self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         """x: [N, L, D]; key_mask: [N, L] bool (True = real token). Returns [N, L, D]."""
         n, L, _ = x.shape
-        q, k, v = self.to_qkv(x).view(n, L, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # 3x[N,h,L,dh]
+        q, k, v = self.to_qkv(x).view(n, L, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)  # 3x[N,h,L,dh]
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=key_mask[:, None, None, :],
             dropout_p=self.dropout if self.training else 0.0)
-        return self.to_out(out.transpose(1, 2).reshape(n, L, -1))
+        return self.to_out(out.transpose(1, 2).reshape(n, L, self.heads * self.dim_head))
 
 
 class TokenTransformer(nn.Module):

@@ -123,9 +123,10 @@ class Anatomy:
         self.layers[idx + 1 : idx + 1] = new
 
     def insert_late(self, new: list[Layer]) -> None:
-        """Insert ``new`` after every soft-tissue layer, just before the bones (so that a
-        finding of a hollow organ is not carved away by the solid organs around it)."""
-        idx = min(i for i, layer in enumerate(self.layers) if layer.mode == "tissue" or layer.name.startswith("vertebrae"))
+        """Insert ``new`` after the large organs and vessels, before pancreas, portal vein,
+        adrenals and bones (so that a finding of a hollow organ is not carved away by the liver
+        or spleen, while the small organs stay whole)."""
+        idx = min(i for i, layer in enumerate(self.layers) if layer.name.startswith(("pancreas", "adrenal")))
         self.layers[idx:idx] = new
 
     def insert_before(self, name: str, new: list[Layer]) -> None:

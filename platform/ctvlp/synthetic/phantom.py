@@ -61,9 +61,10 @@ def sample_anatomy(rng: np.random.Generator, length: float) -> Anatomy:
     pelvis, pelvis_info = pelvis_layers(sm, body, length)
     muscles = [layer for layer in spine if layer.name.startswith(("autochthon", "iliopsoas"))]
     bones = [layer for layer in spine if layer not in muscles]
-    adrenals = [layer for layer in solid if layer.name.startswith("adrenal")]
-    organs = [layer for layer in solid if layer not in adrenals]
-    layers = muscles + bowel + organs + thorax + adrenals + bones + cage + pelvis
+    # small retroperitoneal organs last among soft tissue: vessels and bowel must not carve them
+    late = [layer for layer in solid if layer.name.startswith(("pancreas", "portal", "adrenal"))]
+    organs = [layer for layer in solid if layer not in late]
+    layers = muscles + bowel + organs + thorax + late + bones + cage + pelvis
     info = {**spine_info, **bowel_info, **solid_info, **thorax_info, **pelvis_info}
     return Anatomy(length, body, dome, lungs, layers, info)
 

@@ -66,7 +66,8 @@ class DiseaseContrastiveTask(Task):
         k = self.module["momentum"](view_image, view_mask)  # no autograd inside
         valid = q["intact"] & q["valid"] & k["valid"]  # [B, M]
         loss = disease_contrastive_loss(q["embeds"], k["embeds"], valid, abnormal,
-                                        self.spec.model.disease_temperature)
+                                        self.spec.model.disease_temperature,
+                                        positives=self.spec.model.disease_positives)
         metrics = {"intact_pairs": float(valid.sum()),
                    "abnormal_frac": float((abnormal.bool() & valid).sum() / valid.sum().clamp_min(1))}
         return {"disease_loss": loss}, metrics

@@ -45,8 +45,9 @@ def alignment_loss(spec: JobSpec, text: TextEncoder, img: dict, batch: dict) -> 
     tau = text.temperature()
     key = text_identity_keys(batch["text_ids"], batch["text_mask"]) if spec.model.itc_targets == "soft" else None
     loss = anatomy_infonce_loss(img["embeds"], txt, valid, batch["abnormal"], tau, key,
-                                targets=spec.model.itc_targets)
-    return {"itc_loss": loss}, {"temperature": float(tau), "intact_pairs": float(valid.sum())}
+                                targets=spec.model.itc_targets, reduction=spec.model.itc_reduction,
+                                skip_without_abnormal=spec.model.itc_skip_without_abnormal)
+    return {"itc_loss": loss}, {"temperature": float(tau.detach()), "intact_pairs": float(valid.sum())}
 
 
 class AlignmentTask(Task):

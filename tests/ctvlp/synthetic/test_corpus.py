@@ -116,12 +116,24 @@ def _cyst_clusters(v: dict, organ: np.ndarray, drop: float) -> int:
     return int(np.bincount(comps.ravel())[1:].max()) if n else 0
 
 
+def _ctr(v: dict) -> float:
+    """Cardiothoracic ratio: widest left-right extent of the heart (fluid excluded, > 22 HU)
+    over the widest extent of the lungs, over axial slices."""
+    def width(m: np.ndarray) -> int:
+        cols = np.flatnonzero(m.any(axis=(1, 2)))
+        return int(cols[-1] - cols[0] + 1) if cols.size else 0
+
+    heart, lung = _m(v, "heart") & (v["hu"] > 22), np.isin(v["mask"], LUNG)
+    return max(width(heart[:, :, k : k + 1]) for k in range(heart.shape[2])) / max(
+        width(lung[:, :, k : k + 1]) for k in range(lung.shape[2]))
+
+
 STAT = {  # disease -> statistic from image + mask; larger = more abnormal
     "Lung nodule": lambda v: sum(ml <= 40.0 and fb < 0.5 for ml, fb in _lung_components(v)),
     "Emphysema": lambda v: float((v["hu"][np.isin(v["mask"], LUNG)] < -950).mean()),
     "Pleural effusion": lambda v: sum(ml for ml, fb in _lung_components(v) if fb >= 0.5),
     "Consolidation": lambda v: max([ml for ml, fb in _lung_components(v) if fb < 0.5] or [0.0]),
-    "Cardiomegaly": lambda v: _ml(v, _m(v, "heart") & (v["hu"] > 22)) / _ml(v, np.isin(v["mask"], LUNG + [IDS["heart"]])),
+    "Cardiomegaly": lambda v: _ctr(v),
     "Pericardial effusion": lambda v: _med(v, ndimage.binary_erosion(_m(v, "heart")))
     - _med(v, _m(v, "heart") & ~ndimage.binary_erosion(_m(v, "heart"))),
     "Hiatal hernia": lambda v: float(_edt(_m(v, "esophagus"), v["spacing"]).max()),
@@ -133,7 +145,7 @@ STAT = {  # disease -> statistic from image + mask; larger = more abnormal
     "Kidney cyst": lambda v: int(_m(v, "kidney_cyst_left", "kidney_cyst_right").sum()),
     "Gallstone": lambda v: int((v["hu"][_m(v, "gallbladder")] > 150).sum()),
     "Bladder stone": lambda v: int((v["hu"][_m(v, "urinary_bladder")] > 150).sum()),
-    "Pancreatic atrophy": lambda v: -_ml(v, _m(v, "pancreas")) / _ml(v, _m(v, "liver")),
+    "Pancreatic atrophy": lambda v: -_ml(v, _m(v, "pancreas")),
     "Adrenal nodule": lambda v: max(float(_edt(_m(v, n), v["spacing"]).max()) for n in ("adrenal_gland_left", "adrenal_gland_right")),
     "Colonic wall thickening": lambda v: int((_deep(v, _m(v, "colon")) & (v["hu"] > -30)).sum()),
     "Small bowel dilatation": lambda v: float(_edt(_m(v, "small_bowel", "duodenum"), v["spacing"]).max()),
@@ -240,3 +252,30 @@ def test_few_hundred_studies_findings_visible_and_reported(tmp_path):
     volumes = read_corpus(tmp_path)
     _check(volumes)
     assert all(n >= 10 for *_, n in disease_separation(volumes).values())
+
+
+def test_demo_plan_tops_up_test_positives_and_keeps_patients_in_one_split():
+    from ctvlp.synthetic import get_preset, plan_corpus
+
+    plans = plan_corpus(300, seed=0, preset=get_preset("demo"))
+    test = [p for p in plans if p.split == "test"]
+    assert all(sum(d in p.diseases for p in test) >= 20 for d in DISEASES)
+    split_of = {}
+    for p in plans:
+        assert split_of.setdefault(p.patient_index, p.split) == p.split
+    assert max(p.study for p in plans) >= 1  # some patients have follow-up studies
+    with pytest.raises(ValueError, match="min_test_positives"):
+        plan_corpus(30, seed=0, preset=get_preset("demo"))
+
+
+def test_bad_arguments_fail_with_clear_messages(tmp_path):
+    from ctvlp.synthetic import get_preset
+
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_preset("huge")
+    with pytest.raises(ValueError, match="unknown preset field"):
+        get_preset("tiny", voxels=3)
+    with pytest.raises(ValueError, match="num_studies"):
+        generate_corpus(tmp_path, 0)
+    with pytest.raises(ValueError, match="layout"):
+        generate_corpus(tmp_path, 2, layout="flat")

@@ -17,7 +17,8 @@ M = 4  # chest grouping: lung, heart, esophagus, aorta
 def spec():
     return load_spec("jobs/specs/debug.yaml", ["data.grouping=chest", "model.pool_dropout=0.0",
                                                "model.vq.dropout=0.0",
-                                               "model.momentum=0.5"])
+                                               "model.momentum=0.5",
+                                               "model.temperature_learnable=false"])
 
 
 def phantom_batch(b: int = 4, size=(32, 32, 32), seed: int = 0, tokenizer=None) -> dict:
@@ -32,11 +33,13 @@ def phantom_batch(b: int = 4, size=(32, 32, 32), seed: int = 0, tokenizer=None) 
     for i in range(b):
         for j, (h0, h1, w0, w1) in enumerate(boxes):
             mask[i, 6:26, h0:h1, w0:w1] = j + 1
-            image[i, 0, 6:26, h0:h1, w0:w1] = 0.5 + 0.1 * j
+            # per-sample organ intensity: instances differ, as real scans do
+            image[i, 0, 6:26, h0:h1, w0:w1] = 0.45 + 0.1 * j + 0.3 * float(torch.rand(1, generator=g))
             if abnormal[i, j]:  # a lesion at a random place: abnormal instances differ
                 z, y, x = (int(v) for v in torch.randint(0, 5, (3,), generator=g))
                 image[i, 0, 8 + 2 * z:14 + 2 * z, h0 + y:h0 + y + 5, w0 + x:w0 + x + 5] = 0.95
-            texts.append("no significant abnormalities." if not abnormal[i, j] else "a dense nodule is seen.")
+            texts.append("no significant abnormalities." if not abnormal[i, j]
+                         else f"a dense nodule is seen in segment {i}.")
     batch = {"image": image.clamp(0, 1), "mask": mask, "abnormal": abnormal}
     if tokenizer is not None:
         ids, am = pad_batch(tokenize_texts(tokenizer, texts, 32), tokenizer.pad_token_id or 0)
