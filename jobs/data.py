@@ -92,6 +92,7 @@ def build_train_dataset(spec: Any) -> tuple[Any, int]:
     import ray.data
     from ray.data import FileShuffleConfig
 
+    ray.data.DataContext.get_current().enable_progress_bars = False  # they flood job logs
     uris = train_shard_uris(spec)
     storage = storage_of(spec)
     fs, _ = storage.arrow_fs(uris[0]) if is_s3(uris[0]) else (None, None)

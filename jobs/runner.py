@@ -284,6 +284,17 @@ def _export(task, plan: PhasePlan) -> None:
 
 
 # --------------------------------------------------------------------------------- the driver
+def _warn_if_no_cpus_left_for_data(plan: PhasePlan) -> None:
+    """Ray Data reads and augments in tasks that need CPUs the Train workers do not hold; with none
+    left, training waits forever for its first batch (seen with 2 workers on a 2-CPU head)."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0.0)
+    if total - plan.num_workers * plan.cpus_per_worker < 1 and not ray.cluster_resources().get("GPU"):
+        print(f"WARNING: the cluster has {total:g} CPUs and the Train workers take "
+              f"{plan.num_workers * plan.cpus_per_worker:g}; Ray Data needs at least one more to read "
+              "shards (autoscaling clusters add nodes; a fixed local cluster may stall)", flush=True)
+
 def fit_phase(plan: PhasePlan, spec: Any, datasets: dict, *, num_train_rows: int,
               task_factory: str = "ctvlp.tasks:build_task", task_kwargs: dict | None = None,
               collate_fn: str | None = None) -> PhaseResult:
@@ -320,6 +331,7 @@ def fit_phase(plan: PhasePlan, spec: Any, datasets: dict, *, num_train_rows: int
         ),
         datasets=datasets,
     )
+    _warn_if_no_cpus_left_for_data(plan)
     result = trainer.fit()
     ckpt = result.checkpoint
     ckpt_uri = None if ckpt is None else (f"s3://{ckpt.path}" if is_s3(plan.storage_path) else ckpt.path)

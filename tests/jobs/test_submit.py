@@ -92,7 +92,8 @@ class LocalHead:
         self.env["RAY_AUTH_MODE"] = "token"
         cmd = ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
                "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard}", "--include-dashboard=true",
-               "--num-cpus=2", "--object-store-memory=300000000", f"--temp-dir={self.temp_dir}",
+               # 2 CPUs for the 2 Train workers + 2 for Ray Data's read/decode tasks (logical CPUs)
+               "--num-cpus=4", "--object-store-memory=300000000", f"--temp-dir={self.temp_dir}",
                "--disable-usage-stats"]
         subprocess.run(cmd, env=self.env, check=True, capture_output=True, text=True, timeout=180)
 

@@ -161,10 +161,13 @@ def emphysema(ctx: ImageContext) -> Finding:
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
-    comps, k = ndimage.label(mask)
+    sl = _bbox(mask)
+    comps, k = ndimage.label(mask[sl])
     if k <= 1:
         return mask
-    return comps == (np.argmax(np.bincount(comps.ravel())[1:]) + 1)
+    out = np.zeros_like(mask)
+    out[sl] = comps == (np.argmax(np.bincount(comps.ravel())[1:]) + 1)
+    return out
 
 
 def consolidation(ctx: ImageContext) -> Finding:

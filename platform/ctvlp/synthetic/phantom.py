@@ -15,7 +15,7 @@ import numpy as np
 from ctvlp.anatomy import ts_total_ids
 from ctvlp.synthetic.abdomen import bowel_layers, solid_layers
 from ctvlp.synthetic.layout import Anatomy, Layer, Sampler, sample_body, sample_lungs, thorax_layers
-from ctvlp.synthetic.shapes import Ellipsoid, Grid, SmoothField
+from ctvlp.synthetic.shapes import Ellipsoid, Grid, SmoothField, field_on_box
 from ctvlp.synthetic.skeleton import cage_layers, pelvis_layers, spine_layers
 
 OUTSIDE_FOV_HU = -1024.0  # value of voxels outside the reconstruction circle, as scanners write
@@ -86,13 +86,11 @@ def _paint_body(c: Canvas) -> None:
     body, t = c.anatomy.body, c.tissue
     x, y, z = c.grid.coords()
     a, b = body.a_at(z).astype(np.float32), body.b_at(z).astype(np.float32)
-    q = np.sqrt((x / a) ** 2 + (y / b) ** 2) * (1.0 + body.field(x, y, z))
-    c.hu[q < 1.0] = t["fat"]
-    inner = np.sqrt((x / (a - body.fat)) ** 2 + (y / (b - body.fat)) ** 2) * (1.0 + body.field(x, y, z))
-    c.hu[inner < 1.0] = t["muscle"]
-    wall = body.fat + body.muscle
-    core = np.sqrt((x / (a - wall)) ** 2 + (y / (b - wall)) ** 2) * (1.0 + body.field(x, y, z))
-    c.hu[core < 1.0] = t["fat"] + 10.0  # visceral / mediastinal fat
+    deform = 1.0 + field_on_box(body.field, c.grid)
+    for inset, value in ((0.0, t["fat"]), (body.fat, t["muscle"]), (body.fat + body.muscle, t["fat"] + 10.0)):
+        # skin fat, then the muscle wall, then visceral / mediastinal fat inside it
+        q = np.sqrt((x / (a - inset)) ** 2 + (y / (b - inset)) ** 2) * deform
+        c.hu[q < 1.0] = value
 
 
 def _paint_lungs(c: Canvas, rng: np.random.Generator) -> None:
@@ -106,14 +104,14 @@ def _paint_lungs(c: Canvas, rng: np.random.Generator) -> None:
     ac = (an.body.a_at(z) - lu.inset).astype(np.float32)
     bc = (an.body.b_at(z) - lu.inset).astype(np.float32)
     taper = np.sqrt(np.clip((lu.apex - z) / 70.0, 0.0, 1.0))
-    q = np.sqrt((x / ac) ** 2 + (y / bc) ** 2) * (1.0 + lu.field(x, y, z))
+    q = np.sqrt((x / ac) ** 2 + (y / bc) ** 2) * (1.0 + field_on_box(lu.field, grid, sl))
     dome = an.dome.z(x, y)
     spine_y = an.body.spine_y(z).astype(np.float32)
     inside = (q < taper) & (z > dome) & (np.abs(x) > lu.mediastinum)
     inside &= ~((np.abs(x) < 32.0) & (y < spine_y + 20.0))
     hn = (z - (dome - 20.0)) / (lu.apex - (dome - 20.0))
     an_ = (y + bc) / (2.0 * bc)
-    fis = lu.fissure_field(x, y, z)
+    fis = field_on_box(lu.fissure_field, grid, sl)
     lower = hn < lu.oblique[0] - lu.oblique[1] * an_ + fis
     middle = ~lower & (hn < lu.horizontal + fis) & (an_ > 0.35)
     ids = ts_total_ids()
@@ -121,7 +119,7 @@ def _paint_lungs(c: Canvas, rng: np.random.Generator) -> None:
     lab = np.where(right, ids[LOBES["right", "upper"]], ids[LOBES["left", "upper"]]).astype(np.uint8)
     lab = np.where(right & middle, ids[LOBES["right", "middle"]], lab)
     lab = np.where(lower, np.where(right, ids[LOBES["right", "lower"]], ids[LOBES["left", "lower"]]), lab)
-    texture = SmoothField(rng, 15.0, 30.0)(x, y, z)
+    texture = field_on_box(SmoothField(rng, 15.0, 30.0), grid, sl, step_mm=3.0)
     c.labels[sl][inside] = lab[inside]
     c.hu[sl][inside] = np.broadcast_to(c.tissue["lung"] + texture, inside.shape)[inside]
 

@@ -59,7 +59,7 @@ class Grid:
         sl = sl or (slice(0, self.shape[0]), slice(0, self.shape[1]), slice(0, self.shape[2]))
         axes = []
         for axis in range(3):
-            idx = np.arange(sl[axis].start, sl[axis].stop, dtype=np.float32)
+            idx = np.arange(sl[axis].start, sl[axis].stop, sl[axis].step or 1, dtype=np.float32)
             axes.append(self.origin[axis] + idx * np.float32(self.spacing[axis]))
         return axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
 
@@ -93,6 +93,26 @@ class SmoothField:
         for (kx, ky, kz), phi, a in zip(self.k, self.phase, self.amp):
             out = out + a * np.sin(kx * x + ky * y + kz * z + phi)
         return out
+
+
+def field_on_box(field: SmoothField, grid: Grid, sl: Slices | None = None, step_mm: float = 6.0) -> np.ndarray:
+    """``field`` on the voxels of box ``sl``, evaluated every ~``step_mm`` in-plane and repeated.
+
+    The fields are smooth on a scale of centimetres, so sampling them every few millimetres and
+    repeating the samples changes nothing visible while saving most of the sines on fine grids
+    (512 x 512 in-plane). On coarse grids (spacing >= step) this is the exact evaluation.
+    """
+    sl = sl or (slice(0, grid.shape[0]), slice(0, grid.shape[1]), slice(0, grid.shape[2]))
+    k = [max(1, int(step_mm // grid.spacing[a])) for a in range(2)]
+    coarse = (slice(sl[0].start, sl[0].stop, k[0]), slice(sl[1].start, sl[1].stop, k[1]), sl[2])
+    x, y, z = grid.coords(coarse)
+    x = x + np.float32(0.5 * (k[0] - 1) * grid.spacing[0])  # centre of each k-block
+    y = y + np.float32(0.5 * (k[1] - 1) * grid.spacing[1])
+    values = np.ascontiguousarray(np.broadcast_to(field(x, y, z), (x.shape[0], y.shape[1], z.shape[2])), np.float32)
+    n0, n1 = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
+    if k == [1, 1]:
+        return values
+    return values[(np.arange(n0) // k[0])[:, None], (np.arange(n1) // k[1])[None, :]]
 
 
 def rotation(yaw_deg: float = 0.0, pitch_deg: float = 0.0, roll_deg: float = 0.0) -> np.ndarray:
