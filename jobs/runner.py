@@ -290,7 +290,7 @@ def _warn_if_no_cpus_left_for_data(plan: PhasePlan) -> None:
     import ray
 
     total = ray.cluster_resources().get("CPU", 0.0)
-    if total - plan.num_workers * plan.cpus_per_worker < 1 and not ray.cluster_resources().get("GPU"):
+    if total - plan.num_workers * plan.cpus_per_worker < 1:
         print(f"WARNING: the cluster has {total:g} CPUs and the Train workers take "
               f"{plan.num_workers * plan.cpus_per_worker:g}; Ray Data needs at least one more to read "
               "shards (autoscaling clusters add nodes; a fixed local cluster may stall)", flush=True)

@@ -91,27 +91,32 @@ def build_space(space: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def make_searcher(searcher: str, objective: Objective, seed: int):
-    """None for random search (Tune's default variant generator), or Optuna TPE."""
+def make_searcher(searcher: str, seed: int):
+    """None for random search (Tune's default variant generator), or Optuna TPE.
+
+    Metric and mode are left to ``TuneConfig`` (Tune refuses them in both places).
+    """
     if searcher == "random":
         return None
     if searcher == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(metric=objective.metric, mode=objective.mode,
-                            sampler=optuna.samplers.TPESampler(seed=seed))
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
     raise ValueError(f"tune.searcher must be 'random' or 'optuna', got {searcher!r}")
 
 
-def make_scheduler(grace_period_steps: int, max_steps: int, reduction_factor: int, objective: Objective):
-    """ASHA on the optimiser step (``time_attr="step"``, the runner's ``TrainState.step``)."""
+def make_scheduler(grace_period_steps: int, max_steps: int, reduction_factor: int):
+    """ASHA on the optimiser step (``time_attr="step"``, the runner's ``TrainState.step``).
+
+    Rungs at ``grace * rf**k <= max_steps``; metric and mode come from ``TuneConfig``.
+    """
     from ray.tune.schedulers import ASHAScheduler
 
     if grace_period_steps > max_steps:
         raise ValueError(f"tune.grace_period_steps ({grace_period_steps}) exceeds tune.max_steps ({max_steps})")
-    return ASHAScheduler(time_attr="step", metric=objective.metric, mode=objective.mode, max_t=max_steps,
-                         grace_period=grace_period_steps, reduction_factor=reduction_factor)
+    return ASHAScheduler(time_attr="step", max_t=max_steps, grace_period=grace_period_steps,
+                         reduction_factor=reduction_factor)
 
 
 def apply_params(base: JobSpec | dict, params: dict[str, Any]) -> JobSpec:

@@ -160,11 +160,14 @@ def build_token_cache(spec: Any, export_uri: str, out_uri: str, splits: Sequence
                       num_cpus: float = 1.0) -> dict[str, str]:
     """Encode the committed shards of ``splits`` once into cached-token Parquet under ``out_uri``.
 
+    One Ray Data execution (read shards -> :class:`TokenEncoder` actor -> Parquet partitioned by
+    split), so the encoder actor starts once.
+
     Args:
         spec: the (resolved) job spec: shards, storage and ``data.eval_window``.
         export_uri: the export holding the frozen vision encoder (phase 3's ``init.vision_encoder``).
-        out_uri: cache root; ``<out_uri>/<split>/`` gets the Parquet files, ``<out_uri>/_done_<split>``
-            marks a finished split so that a rerun reuses it.
+        out_uri: cache root; ``<out_uri>/split=<split>/`` gets the Parquet files and
+            ``<out_uri>/_done`` marks a finished cache, which a rerun reuses.
         num_cpus: CPUs of the one encoder actor.
     Returns ``{split: uri of its Parquet directory}``. Raises ValueError when a split has no shards.
     """
@@ -175,21 +178,24 @@ def build_token_cache(spec: Any, export_uri: str, out_uri: str, splits: Sequence
     from jobs.evaluate import READ_COLUMNS, fetch_export
 
     storage = storage_of(spec)
-    out, local_export = {}, None
-    for split in splits:
-        dest, marker = join(out_uri, split), join(out_uri, f"_done_{split}")
-        out[split] = dest
-        if storage.exists(marker):
-            continue
-        local_export = local_export or fetch_export(export_uri, storage)
-        fs, paths = _parquet_paths(storage, train_shard_uris(spec, split))
-        ds = ray.data.read_parquet(paths, filesystem=fs, columns=READ_COLUMNS)
-        ds = ds.map_batches(TokenEncoder, batch_size=4, batch_format="numpy", concurrency=1, num_cpus=num_cpus,
-                            fn_constructor_kwargs={"export_dir": local_export, "roi": tuple(spec.data.eval_window),
-                                                   "num_threads": max(1, int(num_cpus))})
-        dest_fs, (dest_path,) = _parquet_paths(storage, [dest])
-        ds.write_parquet(dest_path, filesystem=dest_fs)
-        storage.write_bytes(marker, b"done\n")
+    out = {split: join(out_uri, f"split={split}") for split in splits}
+    marker = join(out_uri, "_done")
+    if storage.exists(marker) and storage.read_bytes(marker).decode().split() == sorted(splits):
+        return out
+    shard_uris = [u for split in splits for u in train_shard_uris(spec, split)]
+    fs, paths = _parquet_paths(storage, shard_uris)
+    ds = ray.data.read_parquet(paths, filesystem=fs, columns=READ_COLUMNS)
+    ds = ds.map_batches(TokenEncoder, batch_size=4, batch_format="numpy", num_cpus=num_cpus,
+                        compute=ray.data.ActorPoolStrategy(size=1),
+                        fn_constructor_kwargs={"export_dir": fetch_export(export_uri, storage),
+                                               "roi": tuple(spec.data.eval_window),
+                                               "num_threads": max(1, int(num_cpus))})
+    dest_fs, (dest_path,) = _parquet_paths(storage, [out_uri])
+    ds.write_parquet(dest_path, filesystem=dest_fs, partition_cols=["split"])
+    missing = [s for s, uri in out.items() if not storage.list_files(uri, ".parquet")]
+    if missing:
+        raise ValueError(f"splits {missing} yielded no anatomy instance (no present anatomy in their studies)")
+    storage.write_bytes(marker, " ".join(sorted(splits)).encode())
     return out
 
 

@@ -217,12 +217,12 @@ def generate_corpus(out_dir: str | Path, num_studies: int, seed: int = 0, preset
         for key, table in res["rows"].items():
             rows[res["split"]][key] += table
     files = writer.write_tables(root, rows, layout)
-    summary = _summary(plans, results, preset_obj, seed, layout, ctrate_headers, files)
+    summary = _summary(plans, preset_obj, seed, layout, ctrate_headers, files)
     writer.write_summary(root, summary)  # no timings in the file: same arguments, same bytes
     return {**summary, "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def _summary(plans, results, preset, seed, layout, ctrate_headers, files) -> dict:
+def _summary(plans, preset, seed, layout, ctrate_headers, files) -> dict:
     splits = {}
     for split, ctrate_split in writer.LAYOUTS[layout].items():
         mine = [p for p in plans if p.split == split]
