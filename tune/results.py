@@ -47,7 +47,8 @@ def trials_frame(results: list[dict[str, Any]], param_keys: list[str], metric: s
                     if k.startswith("val_") and k != metric and isinstance(v, (int, float))})
         row["last_step"] = int(last) if last is not None else 0
         row["stopped_early"] = bool(r.get("error") is None and last is not None and last < total_steps)
-        row["status"] = "error" if r.get("error") else ("stopped early" if row["stopped_early"] else "completed")
+        row["status"] = ("error" if r.get("error") else "no result" if last is None
+                         else "stopped early" if row["stopped_early"] else "completed")
         row["error"] = (str(r["error"]).strip().splitlines() or [""])[-1][:200] if r.get("error") else ""
         row["checkpoint"] = m.get("checkpoint_path", "")
         rows.append(row)

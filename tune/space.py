@@ -91,13 +91,21 @@ def build_space(space: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def make_searcher(searcher: str, seed: int):
-    """None for random search (Tune's default variant generator), or Optuna TPE.
+def make_searcher(searcher: str, seed: int, max_concurrent: int):
+    """Random search (Tune's variant generator) or Optuna TPE, both seeded with ``seed``: the same
+    spec samples the same trials. Metric and mode are left to ``TuneConfig`` (Tune refuses both).
 
-    Metric and mode are left to ``TuneConfig`` (Tune refuses them in both places).
+    ``max_concurrent`` goes into the variant generator itself: Tune ignores
+    ``TuneConfig.max_concurrent_trials`` for a generator passed in (it only wraps ``Searcher``s,
+    such as Optuna's, in a ``ConcurrencyLimiter``), and trials beyond what the cluster fits
+    would wait for their Train workers until the 60 s worker-group timeout fails them.
     """
+    if max_concurrent < 1:
+        raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
     if searcher == "random":
-        return None
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
     if searcher == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch

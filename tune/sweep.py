@@ -78,7 +78,7 @@ def prepare_data(resolved: JobSpec, sweep_uri: str) -> tuple[dict, int, str | No
     if not cached:
         ds, rows = build_train_dataset(resolved)
         return {"train": ds}, rows, COLLATE_FN, objective, 1.0
-    fs, (path,) = tokens._parquet_paths(storage, [uris["train"]])
+    fs, (path,) = tokens.parquet_paths(storage, [uris["train"]])
     # Materialised once: the trials read blocks from the object store and need no CPU for data.
     ds = ray.data.read_parquet(path, filesystem=fs).materialize()
     return {"train": ds}, ds.count(), tokens.COLLATE_FN, objective, 0.0
@@ -92,12 +92,14 @@ def build_tuner(spec: JobSpec, ctx: SweepContext, sched: StepSchedule, max_concu
     objective = tspace.resolve_objective(t.phase, t.objective)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0.01})
     fs, path = _arrow(spec, storage_uri) if is_s3(storage_uri) else (None, storage_uri)
+    searcher = tspace.make_searcher(t.searcher, spec.seed, max_concurrent)
     return tune.Tuner(
         trainable,
         param_space=tspace.build_space(t.space),
         tune_config=tune.TuneConfig(
-            metric=objective.metric, mode=objective.mode, num_samples=t.num_trials,
-            max_concurrent_trials=max_concurrent, search_alg=tspace.make_searcher(t.searcher, spec.seed),
+            metric=objective.metric, mode=objective.mode, num_samples=t.num_trials, search_alg=searcher,
+            # the random generator carries its own limit; Tune wraps Optuna in a ConcurrencyLimiter
+            max_concurrent_trials=None if t.searcher == "random" else max_concurrent,
             scheduler=tspace.make_scheduler(t.grace_period_steps, sched.total_steps, t.reduction_factor),
         ),
         run_config=tune.RunConfig(name=sweep_name(spec), storage_path=path, storage_filesystem=fs,
@@ -116,8 +118,12 @@ def best_spec(spec: JobSpec, best_params: dict[str, Any]) -> JobSpec:
     return tspace.apply_params(resolve_phase(spec, spec.tune.phase), best_params)
 
 
-def run_sweep(spec: JobSpec) -> dict[str, Any]:
-    """Run the sweep of ``spec.tune`` on the connected Ray cluster; returns the table and file paths."""
+def run_sweep(spec: JobSpec, max_concurrent: int | None = None) -> dict[str, Any]:
+    """Run the sweep of ``spec.tune`` on the connected Ray cluster; returns the table and file paths.
+
+    ``max_concurrent`` caps the trials running at once (default ``tune.max_concurrent_trials``
+    when the spec has it, else what the cluster fits: :func:`tune.trial.max_concurrent_trials`).
+    """
     import ray
 
     from jobs.data import storage_of
@@ -136,6 +142,8 @@ def run_sweep(spec: JobSpec) -> dict[str, Any]:
     concurrent = max_concurrent_trials(
         ray.cluster_resources(), workers=t.workers_per_trial, cpus_per_worker=res.cpus_per_worker,
         gpus_per_worker=base["resources"]["gpus_per_worker"], data_cpus=data_cpus, num_trials=t.num_trials)
+    cap = max_concurrent or getattr(t, "max_concurrent_trials", 0)  # not (yet) a TuneSpec field
+    concurrent = min(concurrent, cap) if cap else concurrent
     print(f"[tune] phase {t.phase}: {t.num_trials} trials, {concurrent} at once, {sched.total_steps} steps each "
           f"({sched.epochs} epoch(s) x {sched.steps_per_epoch}), reports every {sched.report_every}; "
           f"objective {objective.metric} ({objective.mode})", flush=True)

@@ -102,8 +102,8 @@ def instance_batch(columns: dict[str, Any], token_dim: int) -> dict[str, torch.T
     """Columns of cached rows -> phase 3's batch contract (``tokens``, ``token_mask``, ``anatomy``, ``abnormal``)."""
     tokens, mask = pad_instances(list(columns["tokens"]), list(columns["num_tokens"]), token_dim)
     return {"tokens": tokens, "token_mask": mask,
-            "anatomy": torch.as_tensor(np.asarray(columns["anatomy"], dtype=np.int64)),
-            "abnormal": torch.as_tensor(np.asarray(columns["abnormal"], dtype=np.int64))}
+            "anatomy": torch.tensor(np.asarray(columns["anatomy"]), dtype=torch.int64),  # a copy: Ray's
+            "abnormal": torch.tensor(np.asarray(columns["abnormal"]), dtype=torch.int64)}  # arrays are read-only
 
 
 class TokenCollate(NumpyBatchCollateFn):
@@ -146,7 +146,7 @@ class TokenEncoder:
 
 
 # ---------------------------------------------------------------------------- the Ray Data side
-def _parquet_paths(storage, uris: list[str]):
+def parquet_paths(storage, uris: list[str]):
     """(pyarrow filesystem or None, paths) as Ray Data's readers and writers take them."""
     from ingest.storage import is_s3
 
@@ -183,14 +183,14 @@ def build_token_cache(spec: Any, export_uri: str, out_uri: str, splits: Sequence
     if storage.exists(marker) and storage.read_bytes(marker).decode().split() == sorted(splits):
         return out
     shard_uris = [u for split in splits for u in train_shard_uris(spec, split)]
-    fs, paths = _parquet_paths(storage, shard_uris)
+    fs, paths = parquet_paths(storage, shard_uris)
     ds = ray.data.read_parquet(paths, filesystem=fs, columns=READ_COLUMNS)
     ds = ds.map_batches(TokenEncoder, batch_size=4, batch_format="numpy", num_cpus=num_cpus,
                         compute=ray.data.ActorPoolStrategy(size=1),
                         fn_constructor_kwargs={"export_dir": fetch_export(export_uri, storage),
                                                "roi": tuple(spec.data.eval_window),
                                                "num_threads": max(1, int(num_cpus))})
-    dest_fs, (dest_path,) = _parquet_paths(storage, [out_uri])
+    dest_fs, (dest_path,) = parquet_paths(storage, [out_uri])
     ds.write_parquet(dest_path, filesystem=dest_fs, partition_cols=["split"])
     missing = [s for s, uri in out.items() if not storage.list_files(uri, ".parquet")]
     if missing:

@@ -140,4 +140,26 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
                              callbacks=[TuneReportCallback()]),
         datasets=ctx.datasets,
     )
+    fit_with_cluster_address(trainer)
+
+
+def _fit(trainer) -> None:
     trainer.fit()
+
+
+def fit_with_cluster_address(trainer) -> None:
+    """``trainer.fit()`` in a 0-CPU task whose runtime env names this cluster in ``RAY_ADDRESS``.
+
+    Why: Train V2's detached ``PlacementGroupCleaner`` (inherits the env of the controller, which
+    inherits ours) asks the State API about the controller with no address, and the State API then
+    auto-detects the cluster from the machine's running GCS processes. On a machine running
+    several Ray instances (a shared CI box) that raises "Found multiple active Ray instances", the
+    cleaner's thread dies, and a trial stopped by ASHA leaks its placement group: later trials
+    wait for CPUs that never come back. The task shares fate with this trial's actor, so ASHA
+    stopping the trial still stops its Train run.
+    """
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    task = ray.remote(num_cpus=0, max_retries=0)(_fit).options(runtime_env={"env_vars": {"RAY_ADDRESS": address}})
+    ray.get(task.remote(trainer))

@@ -60,10 +60,13 @@ def test_searchers_and_asha():
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    assert space.make_searcher("random", 0) is None
-    assert isinstance(space.make_searcher("optuna", 0), OptunaSearch)
+    from ray.tune.search import BasicVariantGenerator
+
+    gen = space.make_searcher("random", 0, 2)
+    assert isinstance(gen, BasicVariantGenerator) and gen.max_concurrent == 2  # Tune would not limit it
+    assert isinstance(space.make_searcher("optuna", 0, 2), OptunaSearch)
     with pytest.raises(ValueError, match="random' or 'optuna"):
-        space.make_searcher("grid", 0)
+        space.make_searcher("grid", 0, 1)
     asha = space.make_scheduler(2, 8, 2)
     assert isinstance(asha, ASHAScheduler) and asha._time_attr == "step"
     assert [r[0] for r in asha._brackets[0]._rungs] == [8, 4, 2]  # grace * rf**k up to max_t

@@ -244,7 +244,9 @@ class PhasesSpec(Strict):
     phase2: PhaseSpec = PhaseSpec(init=InitSpec(vision_encoder="phase1"))
     phase3: PhaseSpec = PhaseSpec(init=InitSpec(vision_encoder="phase2"))
     phase4: PhaseSpec = PhaseSpec(init=InitSpec(aligned_model="phase2", vqvae="phase3"))
-    phase3_cached_tokens: bool = True  # train the VQ-VAE on cached level-4 tokens
+    # Train the VQ-VAE on cached level-4 tokens (needs the token-cache stage of jobs/, not yet
+    # built); False computes them with the frozen encoder on every step.
+    phase3_cached_tokens: bool = False
 
     @model_validator(mode="after")
     def _init_graph(self):

@@ -41,6 +41,8 @@ class NormalityTask(Task):
 
     def __init__(self, spec: JobSpec) -> None:
         super().__init__(spec)
+        if not spec.phases.phase3_cached_tokens:  # image batches through the frozen encoder
+            self.required_keys = ("image", "mask", "abnormal")
         self.module["vision"] = build_vision_model(spec.model, self.num_anatomies)
         self.module["vqvae"] = build_vqvae(spec.model, self.num_anatomies)
         self.freeze("vision")

@@ -126,3 +126,20 @@ def test_phase1_momentum_follows_online(spec):
     for (name, p), q in zip(online.named_parameters(), mom.parameters()):
         # q = d * q0 + (1 - d) * (q0 + 1) = q0 + (1 - d), with q0 = p - 1
         assert torch.allclose(q, p - 1 + (1 - d), atol=1e-6), name
+
+
+def test_text_dedupe_matches_encoding_every_row(spec):
+    from ctvlp.models.text import build_text_encoder
+    from ctvlp.tasks.phase2 import encode_anatomy_texts
+
+    torch.manual_seed(0)
+    text = build_text_encoder(spec.model, M).eval()
+    batch = phantom_batch(b=6, seed=3, tokenizer=build_tokenizer("tiny"))
+    ids, am = batch["text_ids"], batch["text_mask"]
+    select = torch.ones(6, M, dtype=torch.bool)
+    select[0, 1] = False
+    got = encode_anatomy_texts(text, ids, am, select)
+    for i in range(6):
+        for j in range(M):
+            want = text(ids[i, j][None], am[i, j][None], torch.tensor([j]))[0] if select[i, j] else torch.zeros(got.shape[-1])
+            assert torch.allclose(got[i, j], want, atol=1e-5), (i, j)
