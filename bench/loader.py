@@ -66,7 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         result = measure(spec, args.epochs, args.batch_size)
     finally:
         ray.shutdown()
-    record = {"preset": args.preset, "crop_size": list(spec.data.crop_size), "cpus": args.cpus,
+        if not args.shards:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    record = {"load_avg_1m_after": os.getloadavg()[0],  # the box is shared: context for the rate
+              "preset": args.preset, "crop_size": list(spec.data.crop_size), "cpus": args.cpus,
               "batch_size": args.batch_size, "shards": args.shards or "phantom (tests/jobs/shards.py)",
               "machine": f"{pyplatform.machine()} {os.cpu_count()} cores", **result}
     out = ROOT / "bench" / "results"
@@ -76,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# Ray Data loader delivery rate\n\n`python bench/loader.py --preset {args.preset} --studies "
         f"{args.studies} --epochs {args.epochs} --cpus {args.cpus}`\n\n"
         f"- crop {tuple(spec.data.crop_size)} (D, H, W), M = {spec.data.num_anatomies}, batch {args.batch_size}\n"
-        f"- {args.cpus} Ray CPUs on {record['machine']}\n"
+        f"- {args.cpus} Ray CPUs on {record['machine']} (1-min load average after the run: "
+        f"{record['load_avg_1m_after']:.1f})\n"
         f"- **{result['samples_per_s']:.2f} samples/s** (epochs 2+); per epoch: "
         + ", ".join(f"{e['samples']} in {e['seconds']:.1f} s" for e in result["epochs"]) + "\n")
     print(json.dumps(record, indent=2))

@@ -73,7 +73,7 @@ def run(spec, steps: int, warmup: int, workers: int, num_rows: int) -> dict:
         if step >= warmup:
             waits.append(t1 - t0)
             times.append(t2 - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     return {"samples_per_s": cfg.global_batch_size * len(times) / sum(times),
             "data_wait_frac": sum(waits) / sum(times), "peak_gpu_mem_gib": peak,
             "batch_size": cfg.global_batch_size, "bf16": cfg.bf16, "zero_stage": cfg.zero_stage}
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "train_step_gpu.json").write_text(json.dumps(record, indent=2))
     (out / "train_step_gpu.md").write_text(
         f"# Phase-2 train step on {record['device']}\n\n{record['samples_per_s']:.1f} samples/s, "
-        f"data wait {100 * record['data_wait_frac']:.0f}%, peak {record['peak_gpu_mem_gib']:.1f} GiB, "
+        f"data wait {100 * record['data_wait_frac']:.0f}%, peak {record['peak_gpu_mem_gib'] or float('nan'):.1f} GiB, "
         f"{args.workers} loader workers\n")
     print(json.dumps(record, indent=2))
     return 0
