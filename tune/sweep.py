@@ -9,9 +9,11 @@ each trial's workers/GPUs. Each trial (:mod:`tune.trial`) trains ``tune.max_step
 phase on Ray Train with DeepSpeed and reports the validation objective (:mod:`tune.objectives`)
 every ``tune.grace_period_steps`` steps, so ASHA can stop it at any rung.
 
-Phase-3 sweeps train on cached level-4 tokens (:mod:`tune.tokens`, computed once per sweep from
-the phase-2 export in ``phases.phase3.init.vision_encoder``); the validation split's tokens are
-cached too and score every trial. Outputs go to ``<storage.root>/<name>-tune-phase<N>-<hash>/``:
+Phase-3 sweeps with ``phases.phase3_cached_tokens: true`` train on cached level-4 tokens
+(:mod:`tune.tokens`, computed once per sweep from the phase-2 export in
+``phases.phase3.init.vision_encoder`` and materialised in the object store); otherwise on image
+batches through the frozen encoder. The validation split's tokens are cached either way and
+score every trial. Outputs go to ``<storage.root>/<name>-tune-phase<N>-<hash>/``:
 Tune's experiment, the trials' Train runs and ``results/`` (:mod:`tune.results`).
 
 Needs the Ray dashboard (``ray[default]``): without it, a trial stopped by ASHA leaks its Train
