@@ -38,13 +38,36 @@ def describe(resolved: JobSpec, phase: int) -> str:
     return "\n".join(lines)
 
 
+def cached_token_dataset(resolved: JobSpec, run_uri: str) -> tuple[dict, int, str]:
+    """Phase 3 on cached tokens: encode the train split once with the frozen encoder
+    (:func:`jobs.tokens.build_token_cache` under ``<run_uri>/token_cache``, reused by a rerun or a
+    restart) and read it back as ``(datasets, rows, collate_fn)``."""
+    import ray.data
+
+    from ingest.storage import join
+    from jobs import tokens
+    from jobs.data import storage_of
+
+    export = resolved.phase(3).init.vision_encoder
+    if not export:
+        raise ValueError("phases.phase3_cached_tokens needs phases.phase3.init.vision_encoder: "
+                         "its frozen encoder makes the tokens")
+    storage = storage_of(resolved)
+    uris = tokens.build_token_cache(resolved, export, join(run_uri, "token_cache"), ("train",))
+    fs, (path,) = tokens.parquet_paths(storage, [uris["train"]])
+    ds = ray.data.read_parquet(path, filesystem=fs).materialize()
+    return {"train": ds}, ds.count(), tokens.COLLATE_FN
+
+
 def run_phase(spec: JobSpec, phase: int, *, datasets: dict | None = None, num_train_rows: int | None = None,
               task_factory: str = TASK_FACTORY, task_kwargs: dict | None = None,
               collate_fn: str | None = None) -> PhaseResult:
     """Resolve ``phase``'s references, build its datasets from the shards (unless given), train it."""
     resolved = resolve_phase(spec, phase)
     plan = plan_for(resolved, phase, git_commit=common.git_commit())
-    if datasets is None:
+    if datasets is None and phase == 3 and resolved.phases.phase3_cached_tokens:
+        datasets, num_train_rows, collate_fn = cached_token_dataset(resolved, plan.run_uri)
+    elif datasets is None:
         from jobs.data import COLLATE_FN, build_train_dataset
 
         ds, num_train_rows = build_train_dataset(resolved)

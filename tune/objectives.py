@@ -106,7 +106,7 @@ class NormalityEvaluator:
         self.val_uri, self.storage, self._batch = val_uri, storage, None
 
     def __call__(self, task) -> dict[str, float]:
-        from tune.tokens import instance_batch, read_token_table
+        from jobs.tokens import instance_batch, read_token_table
 
         if self._batch is None:
             table = read_token_table(self.val_uri, self.storage)

@@ -10,7 +10,7 @@ phase on Ray Train with DeepSpeed and reports the validation objective (:mod:`tu
 every ``tune.grace_period_steps`` steps, so ASHA can stop it at any rung.
 
 Phase-3 sweeps with ``phases.phase3_cached_tokens: true`` train on cached level-4 tokens
-(:mod:`tune.tokens`, computed once per sweep from the phase-2 export in
+(:mod:`jobs.tokens`, computed once per sweep from the phase-2 export in
 ``phases.phase3.init.vision_encoder`` and materialised in the object store); otherwise on image
 batches through the frozen encoder. The validation split's tokens are cached either way and
 score every trial. Outputs go to ``<storage.root>/<name>-tune-phase<N>-<hash>/``:
@@ -63,7 +63,7 @@ def prepare_data(resolved: JobSpec, sweep_uri: str) -> tuple[dict, int, str | No
     import ray.data
 
     from jobs.data import COLLATE_FN, build_train_dataset, storage_of
-    from tune import tokens
+    from jobs import tokens
 
     phase, storage = resolved.tune.phase, storage_of(resolved)
     if phase != 3:

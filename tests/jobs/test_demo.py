@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,9 @@ def test_demo_runs_the_whole_spine(tmp_path):
            "--out", str(tmp_path), "phases.phase1.epochs=1", "phases.phase2.epochs=1",
            "phases.phase3.epochs=1", "phases.phase3.batch_size=16", "phases.phase4.epochs=1",
            "eval.bootstrap_samples=50"]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    # The demo starts its own local Ray, as `make demo` does: hide any Ray of this test session.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") or k == "RAY_USAGE_STATS_ENABLED"}
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads((tmp_path / "main" / "demo_result.json").read_text())
     assert math.isfinite(result["macro_auc"]) and 0.0 <= result["macro_auc"] <= 1.0

@@ -92,6 +92,11 @@ class LocalHead:
         self.env["RAY_AUTH_MODE"] = "token"
         cmd = ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
                "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard}", "--include-dashboard=true",
+               # Free ports for the per-node agents too: the defaults (52365, ...) are taken by the
+               # test session's own Ray, and a head whose dashboard agent cannot bind accepts no job.
+               f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+               f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
+               f"--ray-client-server-port={_free_port()}",
                # 2 CPUs for the 2 Train workers + 2 for Ray Data's read/decode tasks (logical CPUs)
                "--num-cpus=4", "--object-store-memory=300000000", f"--temp-dir={self.temp_dir}",
                "--disable-usage-stats"]
@@ -127,9 +132,16 @@ class LocalHead:
 
 
 def _submit(head: LocalHead, client_env: dict, workdir: Path, args: list[str], timeout: int):
+    """``ray job submit``; retried while the head answers "No available agent" (HTTP 500): its
+    dashboard agent registers some seconds after ``ray start`` returns, later on a loaded machine."""
     cmd = ["ray", "job", "submit", "--address", f"http://127.0.0.1:{head.dashboard}",
            "--working-dir", ".", "--", "python", *args]
-    return subprocess.run(cmd, cwd=workdir, env=client_env, capture_output=True, text=True, timeout=timeout)
+    deadline = time.monotonic() + 120
+    while True:
+        out = subprocess.run(cmd, cwd=workdir, env=client_env, capture_output=True, text=True, timeout=timeout)
+        if "No available agent" not in out.stdout + out.stderr or time.monotonic() > deadline:
+            return out
+        time.sleep(3)
 
 
 @pytest.mark.slow

@@ -69,7 +69,10 @@ def test_best_spec_loads_validates_and_runs(sweep_out, capsys):
     assert best.phases.phase3.init.vision_encoder == spec.phases.phase3.init.vision_encoder
     assert main_phase(3, ["--spec", out["paths"]["best_spec"], "--dry-run"]) == 0
     assert f"codebook_size: {best.model.vq.codebook_size}" in capsys.readouterr().out
-    # a short phase-3 run of the best spec on Ray Train (image batches through the frozen encoder)
+    # a short phase-3 run of the best spec on Ray Train: jobs/launch.py encodes the run's own token
+    # cache once (train split) with the frozen encoder, then the VQ-VAE trains on it
     short = load_spec(out["paths"]["best_spec"], ["phases.phase3.max_steps_per_epoch=2", "resources.num_workers=1"])
+    assert short.phases.phase3_cached_tokens
     result = run_phase(short, 3)
     assert Path(result.export_uri, "model.safetensors").is_file() and result.metrics["step"] == 2
+    assert (Path(result.run_uri) / "token_cache" / "_done").read_text() == "train"

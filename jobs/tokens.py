@@ -1,9 +1,10 @@
 """Cached level-4 tokens for phase 3 (the VQ-VAE trains on tokens, not images).
 
-Phase 3's vision encoder is frozen, so every trial of a K/beta sweep would recompute the same
-tokens. We compute them once per sweep with Ray Data (``map_batches`` over the committed shards
-with :class:`TokenEncoder`, a callable class that loads the phase-2 export once per actor) and
-write one Parquet row per (study, present anatomy):
+Phase 3's vision encoder is frozen, so every epoch (and every trial of a K/beta sweep) would
+recompute the same tokens. With ``phases.phase3_cached_tokens`` we compute them once per run
+(:func:`jobs.launch.run_phase`) or once per sweep (``tune/sweep.py``) with Ray Data
+(``map_batches`` over the committed shards with :class:`TokenEncoder`, a callable class that loads
+the phase-2 export once per actor) and write one Parquet row per (study, present anatomy):
 
 | column | type | meaning |
 |---|---|---|
@@ -36,7 +37,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from ctvlp.models.boost import encode_tokens
 
 TOKEN_COLUMNS = ("study_id", "split", "anatomy", "abnormal", "num_tokens", "tokens")
-COLLATE_FN = "tune.tokens:TokenCollate"
+COLLATE_FN = "jobs.tokens:TokenCollate"
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""tune.tokens: the cached level-4 token rows and their padding back into phase-3 batches."""
+"""jobs.tokens: the cached level-4 token rows and their padding back into phase-3 batches."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ctvlp.data import decode_sample
 from ctvlp.eval.embed import extract_window
 from ctvlp.models.boost import encode_tokens
 from ctvlp.models.visd import build_vision_model
-from tune import tokens
+from jobs import tokens
 
 
 @pytest.fixture(scope="module")
