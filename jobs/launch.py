@@ -53,7 +53,9 @@ def cached_token_dataset(resolved: JobSpec, run_uri: str) -> tuple[dict, int, st
         raise ValueError("phases.phase3_cached_tokens needs phases.phase3.init.vision_encoder: "
                          "its frozen encoder makes the tokens")
     storage = storage_of(resolved)
-    uris = tokens.build_token_cache(resolved, export, join(run_uri, "token_cache"), ("train",))
+    res = resolved.resources  # the Train workers have not started: their CPUs encode
+    uris = tokens.build_token_cache(resolved, export, join(run_uri, "token_cache"), ("train",),
+                                    num_cpus=res.cpus_per_worker, num_actors=res.num_workers)
     fs, (path,) = tokens.parquet_paths(storage, [uris["train"]])
     ds = ray.data.read_parquet(path, filesystem=fs).materialize()
     return {"train": ds}, ds.count(), tokens.COLLATE_FN

@@ -15,7 +15,8 @@ the phase-2 export once per actor) and write one Parquet row per (study, present
 | tokens | binary | float32 ``[L_j, C]`` C-order |
 
 One deterministic window per (study, anatomy): the evaluation window of
-:func:`ctvlp.eval.embed.extract_window` (centred on the anatomy's box, ``data.eval_window``), so
+:func:`ctvlp.eval.embed.study_windows` (around the anatomy's box, ``data.eval_window``; anatomies
+sharing a window share its encoder pass), so
 every present anatomy yields an instance (a random train crop would cut many). Only the
 anatomy's own tokens are stored: the VQ-VAE is a set model (no positional embedding) whose
 attention and loss already ignore the other, masked tokens, so dropping them changes nothing.
@@ -50,15 +51,14 @@ def window_instances(vision, samples: Sequence[dict], roi: Sequence[int], batch_
     Returns:
         columns of :data:`TOKEN_COLUMNS` (lists of N entries; ``tokens`` as float32 bytes).
     """
-    from ctvlp.eval.embed import extract_window, present_anatomies
+    from ctvlp.eval.embed import study_windows
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    groups: dict[tuple, list] = defaultdict(list)  # window shape -> [(sample index, j, image, mask)]
+    groups: dict[tuple, list] = defaultdict(list)  # window shape -> [(sample index, [j, ...], image, mask)]
     for i, sample in enumerate(samples):
-        for j in present_anatomies(sample):
-            img, msk = extract_window(sample["image"], sample["mask"], sample["boxes"][j], j, roi)
-            groups[img.shape].append((i, j, img, msk))
+        for js, img, msk in study_windows(sample, roi):  # anatomies sharing a window share its pass
+            groups[img.shape].append((i, js, img, msk))
     out: dict[str, list] = {k: [] for k in TOKEN_COLUMNS}
     device = next(vision.parameters()).device
     for windows in groups.values():
@@ -68,17 +68,18 @@ def window_instances(vision, samples: Sequence[dict], roi: Sequence[int], batch_
             mask = torch.from_numpy(np.stack([c[3] for c in chunk])).to(device)  # [B, D, H, W]
             enc = encode_tokens(vision, image, mask)
             tok4, flags4 = enc["tokens"][-1].float().cpu(), enc["flags"][-1].cpu()  # [B, L4, C], [B, M, L4]
-            for b, (i, j, _, _) in enumerate(chunk):
-                own = tok4[b][flags4[b, j]]  # [L_j, C]: anatomy j's tokens only
-                if own.shape[0] == 0:
-                    raise RuntimeError(f"study {samples[i]['study_id']}: anatomy {j} has no level-4 token "
-                                       "in its own window")
-                out["study_id"].append(str(samples[i]["study_id"]))
-                out["split"].append(str(samples[i]["split"]))
-                out["anatomy"].append(j)
-                out["abnormal"].append(int(samples[i]["abnormal"][j]))
-                out["num_tokens"].append(int(own.shape[0]))
-                out["tokens"].append(own.numpy().astype(np.float32).tobytes())
+            for b, (i, js, _, _) in enumerate(chunk):
+                for j in js:
+                    own = tok4[b][flags4[b, j]]  # [L_j, C]: anatomy j's tokens only
+                    if own.shape[0] == 0:
+                        raise RuntimeError(f"study {samples[i]['study_id']}: anatomy {j} has no level-4 token "
+                                           "in its own window")
+                    out["study_id"].append(str(samples[i]["study_id"]))
+                    out["split"].append(str(samples[i]["split"]))
+                    out["anatomy"].append(j)
+                    out["abnormal"].append(int(samples[i]["abnormal"][j]))
+                    out["num_tokens"].append(int(own.shape[0]))
+                    out["tokens"].append(own.numpy().astype(np.float32).tobytes())
     return out
 
 
@@ -158,18 +159,19 @@ def parquet_paths(storage, uris: list[str]):
 
 
 def build_token_cache(spec: Any, export_uri: str, out_uri: str, splits: Sequence[str] = ("train", "valid"),
-                      num_cpus: float = 1.0) -> dict[str, str]:
+                      num_cpus: float = 1.0, num_actors: int = 1) -> dict[str, str]:
     """Encode the committed shards of ``splits`` once into cached-token Parquet under ``out_uri``.
 
-    One Ray Data execution (read shards -> :class:`TokenEncoder` actor -> Parquet partitioned by
-    split), so the encoder actor starts once.
+    One Ray Data execution (read shards -> :class:`TokenEncoder` actors -> Parquet partitioned by
+    split), so each encoder actor starts once.
 
     Args:
         spec: the (resolved) job spec: shards, storage and ``data.eval_window``.
         export_uri: the export holding the frozen vision encoder (phase 3's ``init.vision_encoder``).
         out_uri: cache root; ``<out_uri>/split=<split>/`` gets the Parquet files and
             ``<out_uri>/_done`` marks a finished cache, which a rerun reuses.
-        num_cpus: CPUs of the one encoder actor.
+        num_cpus: CPUs of each encoder actor; num_actors: encoder actors (the phase's workers,
+            idle until the cache exists).
     Returns ``{split: uri of its Parquet directory}``. Raises ValueError when a split has no shards.
     """
     import ray.data
@@ -187,7 +189,7 @@ def build_token_cache(spec: Any, export_uri: str, out_uri: str, splits: Sequence
     fs, paths = parquet_paths(storage, shard_uris)
     ds = ray.data.read_parquet(paths, filesystem=fs, columns=READ_COLUMNS)
     ds = ds.map_batches(TokenEncoder, batch_size=4, batch_format="numpy", num_cpus=num_cpus,
-                        compute=ray.data.ActorPoolStrategy(size=1),
+                        compute=ray.data.ActorPoolStrategy(size=num_actors),
                         fn_constructor_kwargs={"export_dir": fetch_export(export_uri, storage),
                                                "roi": tuple(spec.data.eval_window),
                                                "num_threads": max(1, int(num_cpus))})

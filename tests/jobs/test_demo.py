@@ -1,7 +1,20 @@
-"""The demo end to end (slow tier): corpus -> ingest -> phases 1-4 -> evaluate -> report.
+"""The demo's quality gate (slow tier): README's main command on its embedded defaults, and its
+negative control.
 
-A reduced run (fewer studies and epochs than ``make demo``) in a subprocess, with its own local
-Ray, exactly as README's main command runs it.
+``python jobs/demo.py`` runs exactly as ``make demo`` does (a subprocess with its own local Ray):
+synthetic corpus (300 studies) -> ingest -> phases 1-4 -> zero-shot evaluation -> HTML report.
+The control runs the same pipeline on the same corpus with the train reports shuffled across
+studies (the scoring labels stay true): it must score at most 0.6, otherwise the benchmark leaks
+labels through something other than the report text.
+
+The quality floor is what the demo measurably reaches today, not the target: issue 7 asks for a
+zero-shot macro AUC of at least 0.85, and the demo measured 0.729-0.759 (bootstrap CIs about
++-0.02) on a quiet 2-core machine. Shape findings (-megaly, atrophy, hernia, wall thickening,
+dilatation, adrenal nodule) score 0.85-1.0; small or low-contrast focal lesions (nodules,
+stones, cysts, calcification, consolidation, portal vein thrombus) stay near 0.5 in zero-shot
+*and* in a linear probe on the same embeddings, so the debug-size encoder trained for minutes
+does not see them. ``MIN_MACRO_AUC`` guards what works (a model that learned nothing scores
+0.5); raise it to 0.85 when the demo gets there.
 """
 
 from __future__ import annotations
@@ -16,23 +29,49 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+MIN_MACRO_AUC = 0.68  # measured 0.729 and 0.759 in two runs; the issue's target is 0.85
+
+
+def _run_demo(out: Path, *extra: str) -> tuple[dict, str]:
+    cmd = [sys.executable, str(REPO / "jobs" / "demo.py"), "--out", str(out), *extra]
+    # The demo starts its own local Ray, as `make demo` does: hide any Ray of this test session.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") or k == "RAY_USAGE_STATS_ENABLED"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=2400, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    name = "control" if "--shuffle-reports" in extra else "main"
+    return json.loads((out / name / "demo_result.json").read_text()), proc.stdout
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return out, _run_demo(out)
 
 
 @pytest.mark.slow
-def test_demo_runs_the_whole_spine(tmp_path):
-    cmd = [sys.executable, str(REPO / "jobs" / "demo.py"), "--num-studies", "48", "--min-test-positives", "1",
-           "--out", str(tmp_path), "phases.phase1.epochs=1", "phases.phase2.epochs=1",
-           "phases.phase3.epochs=1", "phases.phase3.batch_size=16", "phases.phase4.epochs=1",
-           "eval.bootstrap_samples=50"]
-    # The demo starts its own local Ray, as `make demo` does: hide any Ray of this test session.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") or k == "RAY_USAGE_STATS_ENABLED"}
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800, env=env)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    result = json.loads((tmp_path / "main" / "demo_result.json").read_text())
-    assert math.isfinite(result["macro_auc"]) and 0.0 <= result["macro_auc"] <= 1.0
-    assert result["num_diseases"] > 0
+def test_demo_reaches_its_quality_floor(demo_out):
+    out, (result, stdout) = demo_out
+    print(json.dumps(result, indent=2))  # shown with a failure: the per-disease table
+    assert result["num_studies"] == 300 and not result["shuffled_reports"]
+    assert result["num_diseases"] >= 10
+    lo, hi = result["macro_auc_ci"]
+    assert lo <= result["macro_auc"] <= hi
+    assert result["macro_auc"] >= MIN_MACRO_AUC, result["per_disease_auc"]
+    shape_findings = ("Splenomegaly", "Small bowel dilatation", "Adrenal nodule", "Hiatal hernia")
+    assert min(result["per_disease_auc"][d] for d in shape_findings) >= 0.8, result["per_disease_auc"]
     report = Path(result["report"])
     assert report.is_file() and report.read_text().count("<img") >= 3
-    assert "macro AUC" in out.stdout and str(report) in out.stdout
+    assert "macro AUC" in stdout and str(report) in stdout
     for phase in (1, 2, 3, 4):  # every phase left an export that the next one started from
-        assert list((tmp_path / "main" / "runs").glob(f"demo-phase{phase}-*/export/model.safetensors"))
+        assert list((out / "main" / "runs").glob(f"demo-phase{phase}-*/export/model.safetensors"))
+    # phase 3 trained on the token cache that its frozen encoder wrote once
+    assert list((out / "main" / "runs").glob("demo-phase3-*/token_cache/_done"))
+
+
+@pytest.mark.slow
+def test_shuffled_reports_control_scores_near_chance(demo_out):
+    out, _ = demo_out  # the same corpus: only the train reports are permuted
+    result, _ = _run_demo(out, "--shuffle-reports")
+    print(json.dumps(result, indent=2))
+    assert result["shuffled_reports"] and result["num_studies"] == 300
+    assert math.isfinite(result["macro_auc"]) and result["macro_auc"] <= 0.6, result["per_disease_auc"]

@@ -2,8 +2,10 @@
 
 Per study and per anatomy j present in the scan (released ViSD-Boost ``eval.py:278-334``):
 
-1. a window centred on j's bounding box, of size ``max(roi, box extent)`` per axis, where the
-   parts outside the volume are padded (image 0 = the HU window's low end, mask 0);
+1. a window centred on j's bounding box, of size ``max(roi, box extent)`` per axis, then shifted
+   back inside the volume along every axis where the volume is at least that long (the anatomy
+   stays whole inside it); along an axis where the volume is shorter, the window is centred on
+   the volume and padded (image 0 = the HU window's low end, mask 0);
 2. the window's mask keeps only anatomy j (every other anatomy becomes background);
 3. symmetric zero padding to a multiple of the encoder's deepest stride (16, 32, 32), as MONAI's
    ``DivisiblePad(method="symmetric")`` does (parity tested);
@@ -11,9 +13,12 @@ Per study and per anatomy j present in the scan (released ViSD-Boost ``eval.py:2
 
 Deviation from the release: MONAI's ``SpatialCrop`` there *clips* the window at the border, so a
 window near the edge is smaller and the anatomy sits off-centre after the divisible padding. We
-pad instead, so every window of an anatomy whose box fits in ``roi`` has the same shape (windows
-of the same shape are batched) and the anatomy stays centred; the padded voxels are background
-that the window's mask already excludes from pooling.
+shift the window inside instead, so every window of an anatomy whose box fits in ``roi`` has the
+same shape (windows of the same shape are batched) and holds real context rather than padding,
+as the training crops do (they are random crops of the stored volume, never padded around an
+anatomy). Along axes where the volume is no longer than the window (the ``demo`` preset stores
+the whole scan in about one window) every anatomy gets the same placement, and
+:func:`study_windows` encodes a window shared by several anatomies once for all of them.
 
 Phase-4 exports (vision + text + vqvae + perception) embed through
 :func:`ctvlp.models.boost.boosted_forward`; the level-4 token activations of the anatomy before
@@ -49,14 +54,19 @@ Vec3 = tuple[int, int, int]
 
 
 # ------------------------------------------------------------------------------------ windows
-def window_origin(box: Sequence[int], roi: Sequence[int]) -> tuple[Vec3, Vec3]:
-    """(start, size) per axis of the window centred on ``box``.
+def window_origin(box: Sequence[int], roi: Sequence[int],
+                  shape: Sequence[int] | None = None) -> tuple[Vec3, Vec3]:
+    """(start, size) per axis of the window centred on ``box``, shifted inside ``shape``.
 
     Args:
         box: (d0, d1, h0, h1, w0, w1), half-open voxel bounds of the anatomy.
         roi: (D, H, W) minimum window size (``spec.data.eval_window``).
+        shape: the volume's (D, H, W); along an axis at least ``size`` long the window is moved
+            to lie inside it (the box stays inside the window); along a shorter axis the volume
+            is centred in the window. None: centred on the box only.
     Returns:
-        start (may be negative or run past the volume: the caller pads), size = max(roi, extent).
+        start (negative or past the volume only along axes shorter than the window: the caller
+        pads), size = max(roi, extent).
     """
     b = [int(v) for v in box]
     if len(b) != 6 or any(b[2 * i + 1] <= b[2 * i] for i in range(3)) or min(b) < 0:
@@ -65,8 +75,13 @@ def window_origin(box: Sequence[int], roi: Sequence[int]) -> tuple[Vec3, Vec3]:
         raise ValueError(f"roi must be 3 positive sizes (D, H, W), got {tuple(roi)}")
     size = tuple(max(int(r), b[2 * i + 1] - b[2 * i]) for i, r in enumerate(roi))
     # centre of [lo, hi) is (lo + hi) / 2; floor keeps the box inside the window for odd slack
-    start = tuple((b[2 * i] + b[2 * i + 1] - size[i]) // 2 for i in range(3))
-    return start, size  # type: ignore[return-value]
+    start = [(b[2 * i] + b[2 * i + 1] - size[i]) // 2 for i in range(3)]
+    if shape is not None:
+        for i in range(3):
+            n = int(shape[i])
+            # inside a longer volume; around a shorter one (it, hence the box, centred in the window)
+            start[i] = min(max(start[i], 0), n - size[i]) if size[i] <= n else (n - size[i]) // 2
+    return tuple(start), size  # type: ignore[return-value]
 
 
 def crop_padded(volume: np.ndarray, start: Sequence[int], size: Sequence[int], fill=0) -> np.ndarray:
@@ -108,12 +123,42 @@ def extract_window(image: np.ndarray, mask: np.ndarray, box: Sequence[int], anat
     """
     if image.shape != mask.shape or image.ndim != 3:
         raise ValueError(f"image and mask must both be [D, H, W], got {image.shape} and {mask.shape}")
-    start, size = window_origin(box, roi)
+    start, size = window_origin(box, roi, image.shape)
     img = crop_padded(image, start, size)
     img = img.astype(np.float32) / 255.0 if image.dtype == np.uint8 else img.astype(np.float32)
     win_mask = crop_padded(mask, start, size)
     only = np.where(win_mask == anatomy + 1, anatomy + 1, 0).astype(np.int64)
     return divisible_pad(img, divisor), divisible_pad(only, divisor)
+
+
+def study_windows(sample: dict[str, Any], roi: Sequence[int],
+                  divisor: Sequence[int] = DIVISOR) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
+    """Every present anatomy's :func:`extract_window` window of one decoded sample, one entry per
+    distinct window.
+
+    Anatomies whose windows coincide (same origin and size: all of them when the volume is
+    nowhere longer than the window) share one image crop, hence one encoder pass; the shared mask holds
+    each of them (value j + 1) and nothing else. Pooling, intactness and the boosted forward are
+    per anatomy, so anatomy j's outputs equal those of its own single-anatomy window (tested).
+
+    Returns:
+        ``[(anatomies [j, ...], image float32 [D', H', W'], mask int64 [D', H', W']), ...]``.
+    """
+    image, mask = sample["image"], sample["mask"]
+    if image.shape != mask.shape or image.ndim != 3:
+        raise ValueError(f"image and mask must both be [D, H, W], got {image.shape} and {mask.shape}")
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for j in present_anatomies(sample):
+        start, size = window_origin(sample["boxes"][j], roi, image.shape)
+        groups[(start, size)].append(j)
+    out = []
+    for (start, size), js in groups.items():
+        img = crop_padded(image, start, size)
+        img = img.astype(np.float32) / 255.0 if image.dtype == np.uint8 else img.astype(np.float32)
+        win = crop_padded(mask, start, size).astype(np.int64)
+        win[~np.isin(win, np.asarray(js) + 1)] = 0
+        out.append((js, divisible_pad(img, divisor), divisible_pad(win, divisor)))
+    return out
 
 
 def present_anatomies(sample: dict[str, Any]) -> list[int]:
@@ -164,24 +209,20 @@ class EvalModel:
         return "text" in self.parts
 
     @torch.no_grad()
-    def forward_windows(self, image: torch.Tensor, mask: torch.Tensor, anatomy: torch.Tensor) -> dict:
-        """Embed B windows, each for its own anatomy.
+    def forward_windows(self, image: torch.Tensor, mask: torch.Tensor) -> dict:
+        """Embed B windows, every anatomy of each (callers read the anatomies their window holds).
 
-        Args: image [B, 1, D, H, W] float; mask [B, D, H, W] int64; anatomy [B] int64 (j per window).
-        Returns: {"embeds": [B, E] unit norm, "valid": [B] bool} and, when boosted, "orig4" and
-            "boosted4" [B, L4, C] (the anatomy's level-4 tokens before / after perception),
-            "flags4" [B, L4] bool.
+        Args: image [B, 1, D, H, W] float; mask [B, D, H, W] int64 (anatomy j = j + 1).
+        Returns: {"embeds": [B, M, E] unit norm, "valid": [B, M] bool} and, when boosted,
+            "orig4" [B, L4, C] (level-4 tokens), "boosted4" [B, M, L4, C] (after perception, per
+            anatomy) and "flags4" [B, M, L4] bool.
         """
         image, mask = image.to(self.device), mask.to(self.device)
-        rows = torch.arange(image.shape[0], device=self.device)
-        anatomy = anatomy.to(self.device)
         if not self.boosted:
             out = self.parts["vision"](image, mask)
-            return {"embeds": out["embeds"][rows, anatomy], "valid": out["valid"][rows, anatomy]}
+            return {"embeds": out["embeds"], "valid": out["valid"]}
         out = boosted_forward(self.parts["vision"], self.parts["vqvae"], self.parts["perception"], image, mask)
-        return {"embeds": out["embeds"][rows, anatomy], "valid": out["valid"][rows, anatomy],
-                "orig4": out["orig4"], "boosted4": out["boosted4"][rows, anatomy],
-                "flags4": out["flags4"][rows, anatomy]}
+        return {k: out[k] for k in ("embeds", "valid", "orig4", "boosted4", "flags4")}
 
     @torch.no_grad()
     def code_indices(self, tokens: torch.Tensor, flags: torch.Tensor, anatomy: torch.Tensor) -> torch.Tensor:
@@ -237,15 +278,14 @@ def embed_studies(model: EvalModel, samples: Sequence[dict], roi: Sequence[int],
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     s, m = len(samples), len(model.anatomies)
-    groups: dict[tuple, list] = defaultdict(list)  # window shape -> [(study, j, image, mask)]
+    groups: dict[tuple, list] = defaultdict(list)  # window shape -> [(study, [j, ...], image, mask)]
     present = np.zeros((s, m), bool)
     for i, sample in enumerate(samples):
         if len(sample["boxes"]) != m:
             raise ValueError(f"study {sample['study_id']}: {len(sample['boxes'])} boxes, model has M={m}")
-        for j in present_anatomies(sample):
-            img, msk = extract_window(sample["image"], sample["mask"], sample["boxes"][j], j, roi)
-            groups[img.shape].append((i, j, img, msk))
-            present[i, j] = True
+        for js, img, msk in study_windows(sample, roi):
+            groups[img.shape].append((i, js, img, msk))
+            present[i, js] = True
     q = model.num_codes if model.boosted else 0
     e = int(model.spec.model.embed_dim)
     out = StudyEmbeddings([str(x["study_id"]) for x in samples], np.full((s, m, e), np.nan, np.float32),
@@ -260,23 +300,28 @@ def embed_studies(model: EvalModel, samples: Sequence[dict], roi: Sequence[int],
 
 
 def _embed_batch(model: EvalModel, chunk: list, out: StudyEmbeddings, rng: np.random.Generator) -> None:
-    """One forward pass over same-shape windows; writes into ``out`` in place."""
+    """One forward pass over same-shape windows; writes each window's anatomies into ``out``."""
     image = torch.from_numpy(np.stack([c[2] for c in chunk]))[:, None]  # [B, 1, D, H, W]
     mask = torch.from_numpy(np.stack([c[3] for c in chunk]))  # [B, D, H, W]
-    anatomy = torch.tensor([c[1] for c in chunk], dtype=torch.long)
-    res = model.forward_windows(image, mask, anatomy)
-    emb = res["embeds"].float().cpu().numpy()
+    res = model.forward_windows(image, mask)
+    rows = [(b, i, j) for b, (i, js, _, _) in enumerate(chunk) for j in js]  # one per (window, anatomy): R
+    dev = res["embeds"].device
+    b_idx = torch.tensor([r[0] for r in rows], dtype=torch.long, device=dev)
+    j_idx = torch.tensor([r[2] for r in rows], dtype=torch.long, device=dev)
+    valid = res["valid"][b_idx, j_idx].cpu().numpy()
+    emb = res["embeds"][b_idx, j_idx].float().cpu().numpy()  # [R, E]
     if model.boosted:
-        codes = model.code_indices(res["orig4"], res["flags4"], anatomy).cpu().numpy()
-        flags = res["flags4"].cpu().numpy()
-        orig, boost = res["orig4"].float().cpu().numpy(), res["boosted4"].float().cpu().numpy()
-    for b, (i, j, _, _) in enumerate(chunk):
-        if not bool(res["valid"][b]):
+        orig4, flags4 = res["orig4"][b_idx], res["flags4"][b_idx, j_idx]  # [R, L4, C], [R, L4]
+        codes = model.code_indices(orig4, flags4, j_idx).cpu().numpy()
+        flags, orig = flags4.cpu().numpy(), orig4.float().cpu().numpy()
+        boost = res["boosted4"][b_idx, j_idx].float().cpu().numpy()  # [R, L4, C]
+    for r, (_, i, j) in enumerate(rows):
+        if not bool(valid[r]):
             raise RuntimeError(f"study {out.study_ids[i]}: anatomy {j} has no token in its own window")
-        out.embeds[i, j] = emb[b]
+        out.embeds[i, j] = emb[r]
         if model.boosted:
-            f = flags[b]
+            f = flags[r]
             k = out.act_orig.shape[-1]
-            out.act_orig[i, j] = _sample_values(orig[b][f], k, rng)
-            out.act_boost[i, j] = _sample_values(boost[b][f], k, rng)
-            out.code_counts[i, j] = np.bincount(codes[b][f], minlength=out.code_counts.shape[-1])
+            out.act_orig[i, j] = _sample_values(orig[r][f], k, rng)
+            out.act_boost[i, j] = _sample_values(boost[r][f], k, rng)
+            out.code_counts[i, j] = np.bincount(codes[r][f], minlength=out.code_counts.shape[-1])

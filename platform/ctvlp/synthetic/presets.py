@@ -76,7 +76,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(name="tiny", xy_size=32, z_size=(38, 42), noise_hu=(3.0, 6.0)),
     "demo": Preset(
-        name="demo", xy_size=64, z_size=(64, 64), noise_hu=(4.0, 8.0), lesion_min_vox=1.2,
+        name="demo", xy_size=64, z_size=(64, 64), noise_hu=(4.0, 8.0), lesion_min_vox=2.5,
         prevalence="balanced", balanced_rate=0.25, min_test_positives=20, test_fraction=0.35,
         extra_study_probs=(0.15, 0.0), second_recon_prob=0.0,
     ),

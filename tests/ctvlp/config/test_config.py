@@ -25,7 +25,7 @@ def test_defaults_load_with_paper_values():
     [
         ("paper-abdomen", (5.0, 1.0, 1.0), (-1000.0, 1000.0), (96, 256, 384), 16),
         ("ctrate-chest", (3.0, 1.0, 1.0), (-1150.0, 350.0), (112, 256, 352), 4),
-        ("demo", (8.0, 6.0, 6.0), (-1000.0, 1000.0), (48, 64, 64), 16),
+        ("demo", (13.0, 6.0, 6.0), (-1000.0, 1000.0), (48, 64, 64), 16),
     ],
 )
 def test_data_presets(preset, spacing, window, crop, m):

@@ -10,6 +10,7 @@ from ctvlp.eval.embed import (
     divisible_pad,
     extract_window,
     present_anatomies,
+    study_windows,
     window_origin,
 )
 
@@ -75,15 +76,44 @@ def test_extract_window_keeps_only_the_anatomy_centred_and_divisible():
     assert img[4:12, 11:21, 12:20].min() == 1.0 and img.sum() == 8 * 10 * 8
 
 
-def test_extract_window_pads_at_the_border_with_zeros():
+def test_extract_window_shifts_inside_the_volume_at_the_border():
     mask = _mask()
     image = np.full(mask.shape, 128, np.uint8)
     img, win = extract_window(image, mask, (20, 30, 0, 10, 20, 40), 2, roi=(16, 32, 32))
     assert img.shape == (16, 32, 32)
+    # centred, H would be [-11, 21) and W [14, 46): shifted to [0, 32) and [8, 40) of the 48 x 40
+    # volume, so the window is all real voxels and the anatomy is whole inside it
+    assert np.allclose(img, 128 / 255)
     assert int((win == 3).sum()) == 10 * 10 * 20 and set(np.unique(win)) == {0, 3}
-    # H: window [-11, 21), W: window [14, 46): voxels outside the 48 x 40 volume are zero
-    assert (img[:, :11] == 0).all() and (img[:, :, 26:] == 0).all()
-    assert np.allclose(img[:, 11:, :26], 128 / 255)
+    assert window_origin((20, 30, 0, 10, 20, 40), (16, 32, 32), mask.shape) == ((17, 0, 8), (16, 32, 32))
+
+
+def test_extract_window_pads_only_where_the_volume_is_shorter():
+    mask = _mask()
+    image = np.full(mask.shape, 128, np.uint8)
+    img, win = extract_window(image, mask, (20, 30, 0, 10, 20, 40), 2, roi=(16, 64, 32))
+    # H: 64 > 48 voxels, so the volume is centred in the window, [-8, 56), padded on both sides
+    assert img.shape == (16, 64, 32)
+    assert (img[:, :8] == 0).all() and (img[:, 56:] == 0).all() and np.allclose(img[:, 8:56], 128 / 255)
+    assert int((win == 3).sum()) == 10 * 10 * 20
+
+
+def test_study_windows_share_coinciding_windows():
+    mask = _mask()
+    sample = {"image": np.full(mask.shape, 7, np.uint8), "mask": mask,
+              "boxes": np.array([[10, 14, 20, 30, 5, 9], [-1] * 6, [20, 30, 0, 10, 20, 40]]),
+              "voxel_counts": np.array([160, 0, 2000])}
+    # a window no shorter than the volume: both anatomies share it, their mask keeps both
+    (shared,) = study_windows(sample, roi=(40, 56, 40), divisor=(8, 8, 8))
+    assert shared[0] == [0, 2] and shared[1].shape == (40, 56, 40)
+    assert set(np.unique(shared[2])) == {0, 1, 3}
+    # small windows: one per anatomy, each mask holding its own anatomy only
+    wins = study_windows(sample, roi=(8, 8, 8), divisor=(8, 8, 8))
+    assert [w[0] for w in wins] == [[0], [2]]
+    for (js, img, win), j in zip(wins, (0, 2)):
+        ref_img, ref_win = extract_window(sample["image"], mask, sample["boxes"][j], j, (8, 8, 8), (8, 8, 8))
+        np.testing.assert_array_equal(img, ref_img)
+        np.testing.assert_array_equal(win, ref_win)
 
 
 def test_extract_window_rejects_mismatched_shapes():

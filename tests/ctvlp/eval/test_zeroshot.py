@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ctvlp.config import DiseaseSpec, load_spec
-from ctvlp.eval.embed import EvalModel, embed_studies
+from ctvlp.eval.embed import EvalModel, embed_studies, extract_window, present_anatomies, study_windows
 from ctvlp.eval.zeroshot import PromptBank, label_matrix, pair_probability, zero_shot
 from ctvlp.tasks import build_task
 from ctvlp.transforms.array import anatomy_boxes
@@ -149,6 +149,27 @@ def test_batched_windows_equal_one_by_one(spec, exports):
     assert np.isfinite(a.act_orig[a.present]).any() and np.isfinite(a.act_boost[a.present]).any()
     assert np.isnan(a.act_orig[~a.present]).all()
     assert (a.code_counts[a.present].sum(-1) > 0).all() and a.code_counts[~a.present].sum() == 0
+
+
+@pytest.mark.parametrize("phase", [2, 4])
+def test_shared_windows_equal_one_window_per_anatomy(spec, exports, phase):
+    """A window shared by every anatomy of a study (one encoder pass) gives each anatomy the
+    embedding (and, boosted, the code counts) of its own single-anatomy window."""
+    model = EvalModel.from_export(exports[phase][1])
+    samples = make_samples(len(model.anatomies))
+    roi = (48, 48, 32)  # no shorter than the volumes: one window per study
+    assert all(len(study_windows(s, roi)) == 1 for s in samples)
+    emb = embed_studies(model, samples, roi, batch_size=3, activation_samples=8)
+    for i, s in enumerate(samples):
+        for j in present_anatomies(s):
+            img, msk = extract_window(s["image"], s["mask"], s["boxes"][j], j, roi)
+            with torch.no_grad():
+                res = model.forward_windows(torch.from_numpy(img)[None, None], torch.from_numpy(msk)[None])
+            np.testing.assert_allclose(emb.embeds[i, j], res["embeds"][0, j].numpy(), rtol=1e-4, atol=1e-5)
+            if phase == 4:
+                codes = model.code_indices(res["orig4"], res["flags4"][:, j], torch.tensor([j]))[0]
+                want = np.bincount(codes[res["flags4"][0, j]].numpy(), minlength=emb.code_counts.shape[-1])
+                np.testing.assert_array_equal(emb.code_counts[i, j], want)
 
 
 def test_prompt_bank_needs_text_and_known_anatomy(spec, exports):
