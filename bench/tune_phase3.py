@@ -74,7 +74,8 @@ def write_report(args, out: dict, t_data: float, t_sweep: float) -> None:
         f"- trials: {len(df)}, {out['max_concurrent']} at once on 2 CPUs; each {sched.total_steps} optimiser steps "
         f"({sched.epochs} epoch(s) x {sched.steps_per_epoch}), a report every {sched.report_every}",
         f"- ASHA stopped {int(df['stopped_early'].sum())} trial(s) early; errors: {int((df['status'] == 'error').sum())}",
-        f"- sweep wall time: {t_sweep:.0f} s (token cache included; a shared, heavily loaded 2-core machine)",
+        f"- sweep wall time: {t_sweep:.0f} s (token cache included; {os.cpu_count()} cores, 1-min load average "
+        f"{os.getloadavg()[0]:.1f} at the end)",
         f"- objective: {out['objective'].metric} ({out['objective'].mode}); plot: `bench/results/tune_phase3.png`", "",
         md,
     ]
