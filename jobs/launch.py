@@ -48,10 +48,7 @@ def cached_token_dataset(resolved: JobSpec, run_uri: str) -> tuple[dict, int, st
     from jobs import tokens
     from jobs.data import storage_of
 
-    export = resolved.phase(3).init.vision_encoder
-    if not export:
-        raise ValueError("phases.phase3_cached_tokens needs phases.phase3.init.vision_encoder: "
-                         "its frozen encoder makes the tokens")
+    export = tokens.frozen_encoder_uri(resolved)
     storage = storage_of(resolved)
     res = resolved.resources  # the Train workers have not started: their CPUs encode
     uris = tokens.build_token_cache(resolved, export, join(run_uri, "token_cache"), ("train",),

@@ -147,6 +147,17 @@ class TokenEncoder:
                 for k, v in cols.items()}
 
 
+def frozen_encoder_uri(resolved: Any) -> str:
+    """The export whose ``vision`` part is phase 3's frozen encoder: ``init.vision_encoder``, else
+    ``init.aligned_model`` (a phase-2 export holds both), as the spec validator allows."""
+    init = resolved.phase(3).init
+    uri = init.vision_encoder or init.aligned_model
+    if not uri:
+        raise ValueError("phase 3 on cached tokens needs phases.phase3.init.vision_encoder (or aligned_model): "
+                         "a phase-2 export or 'phase2' after phase 2 has run; its frozen encoder makes the tokens")
+    return uri
+
+
 # ---------------------------------------------------------------------------- the Ray Data side
 def parquet_paths(storage, uris: list[str]):
     """(pyarrow filesystem or None, paths) as Ray Data's readers and writers take them."""

@@ -11,7 +11,7 @@ every ``tune.grace_period_steps`` steps, so ASHA can stop it at any rung.
 
 Phase-3 sweeps with ``phases.phase3_cached_tokens: true`` train on cached level-4 tokens
 (:mod:`jobs.tokens`, computed once per sweep from the phase-2 export in
-``phases.phase3.init.vision_encoder`` and materialised in the object store); otherwise on image
+``phases.phase3.init.vision_encoder`` or ``aligned_model``, materialised in the object store); otherwise on image
 batches through the frozen encoder. The validation split's tokens are cached either way and
 score every trial. Outputs go to ``<storage.root>/<name>-tune-phase<N>-<hash>/``:
 Tune's experiment, the trials' Train runs and ``results/`` (:mod:`tune.results`).
@@ -69,10 +69,7 @@ def prepare_data(resolved: JobSpec, sweep_uri: str) -> tuple[dict, int, str | No
     if phase != 3:
         ds, rows = build_train_dataset(resolved)
         return {"train": ds}, rows, COLLATE_FN, {"kind": "zero_shot", "split": "valid"}, 1.0
-    export = resolved.phase(3).init.vision_encoder
-    if not export:
-        raise ValueError("a phase-3 sweep needs phases.phase3.init.vision_encoder (a phase-2 export or "
-                         "'phase2' after phase 2 has run): its frozen encoder makes the cached tokens")
+    export = tokens.frozen_encoder_uri(resolved)
     cached = resolved.phases.phase3_cached_tokens
     uris = tokens.build_token_cache(resolved, export, join(sweep_uri, "token_cache"),
                                     ("train", "valid") if cached else ("valid",))

@@ -57,3 +57,17 @@ def test_padding_round_trip_and_collate():
     assert batch["anatomy"].tolist() == [2, 0] and batch["abnormal"].dtype == torch.int64
     with pytest.raises(ValueError, match="expected 2 x 2"):
         tokens.pad_instances([sets[0].tobytes()], [2], 2)
+
+
+def test_frozen_encoder_uri_takes_vision_encoder_then_aligned_model():
+    base = ["phases.phase3.init.vision_encoder=null"]
+    spec = load_spec("jobs/specs/tune_debug.yaml", ["phases.phase3.init.vision_encoder=/exports/p2"])
+    assert tokens.frozen_encoder_uri(spec) == "/exports/p2"
+    spec = load_spec("jobs/specs/tune_debug.yaml", [*base, "phases.phase3.init.aligned_model=/exports/aligned"])
+    assert tokens.frozen_encoder_uri(spec) == "/exports/aligned"
+    # the validator refuses a phase 3 without either, so build one past it to check our own error
+    spec = spec.model_copy(update={"phases": spec.phases.model_copy(update={
+        "phase3": spec.phases.phase3.model_copy(update={"init": spec.phases.phase3.init.model_copy(
+            update={"aligned_model": None})})})})
+    with pytest.raises(ValueError, match="vision_encoder .or aligned_model."):
+        tokens.frozen_encoder_uri(spec)

@@ -121,14 +121,24 @@ def extract_window(image: np.ndarray, mask: np.ndarray, box: Sequence[int], anat
         image float32 [D', H', W'] in [0, 1] and mask int64 [D', H', W'] holding only j + 1,
         with D', H', W' = max(roi, extent) rounded up to multiples of ``divisor``.
     """
+    _check_pair(image, mask)
+    return _crop_window(image, mask, *window_origin(box, roi, image.shape), [anatomy], divisor)
+
+
+def _check_pair(image: np.ndarray, mask: np.ndarray) -> None:
     if image.shape != mask.shape or image.ndim != 3:
         raise ValueError(f"image and mask must both be [D, H, W], got {image.shape} and {mask.shape}")
-    start, size = window_origin(box, roi, image.shape)
+
+
+def _crop_window(image: np.ndarray, mask: np.ndarray, start: Sequence[int], size: Sequence[int],
+                 anatomies: Sequence[int], divisor: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Crop (padding outside the volume), image to float32 [0, 1], mask keeping only ``anatomies``
+    (values j + 1), both padded to multiples of ``divisor``."""
     img = crop_padded(image, start, size)
     img = img.astype(np.float32) / 255.0 if image.dtype == np.uint8 else img.astype(np.float32)
-    win_mask = crop_padded(mask, start, size)
-    only = np.where(win_mask == anatomy + 1, anatomy + 1, 0).astype(np.int64)
-    return divisible_pad(img, divisor), divisible_pad(only, divisor)
+    win = crop_padded(mask, start, size).astype(np.int64)
+    win[~np.isin(win, np.asarray(anatomies) + 1)] = 0
+    return divisible_pad(img, divisor), divisible_pad(win, divisor)
 
 
 def study_windows(sample: dict[str, Any], roi: Sequence[int],
@@ -137,28 +147,19 @@ def study_windows(sample: dict[str, Any], roi: Sequence[int],
     distinct window.
 
     Anatomies whose windows coincide (same origin and size: all of them when the volume is
-    nowhere longer than the window) share one image crop, hence one encoder pass; the shared mask holds
-    each of them (value j + 1) and nothing else. Pooling, intactness and the boosted forward are
+    nowhere longer than the window) share one image crop, hence one encoder pass; the shared
+    mask holds each of them (value j + 1) and nothing else. Pooling, intactness and the boosted forward are
     per anatomy, so anatomy j's outputs equal those of its own single-anatomy window (tested).
 
     Returns:
         ``[(anatomies [j, ...], image float32 [D', H', W'], mask int64 [D', H', W']), ...]``.
     """
     image, mask = sample["image"], sample["mask"]
-    if image.shape != mask.shape or image.ndim != 3:
-        raise ValueError(f"image and mask must both be [D, H, W], got {image.shape} and {mask.shape}")
-    groups: dict[tuple, list[int]] = defaultdict(list)
+    _check_pair(image, mask)
+    groups: dict[tuple, list[int]] = defaultdict(list)  # (start, size) -> anatomies
     for j in present_anatomies(sample):
-        start, size = window_origin(sample["boxes"][j], roi, image.shape)
-        groups[(start, size)].append(j)
-    out = []
-    for (start, size), js in groups.items():
-        img = crop_padded(image, start, size)
-        img = img.astype(np.float32) / 255.0 if image.dtype == np.uint8 else img.astype(np.float32)
-        win = crop_padded(mask, start, size).astype(np.int64)
-        win[~np.isin(win, np.asarray(js) + 1)] = 0
-        out.append((js, divisible_pad(img, divisor), divisible_pad(win, divisor)))
-    return out
+        groups[window_origin(sample["boxes"][j], roi, image.shape)].append(j)
+    return [(js, *_crop_window(image, mask, start, size, js, divisor)) for (start, size), js in groups.items()]
 
 
 def present_anatomies(sample: dict[str, Any]) -> list[int]:
