@@ -149,6 +149,9 @@ class TextSpec(Strict):
     pooling: Literal["cls", "query"] = "query"  # paper: learnable query; released code: [CLS]
     max_length: PosInt = 384  # truncation only; batches are padded dynamically
     freeze_layers: NonNegInt = 0  # freeze the embeddings and the first N layers
+    # > 0 (needs freeze_layers = all the backbone's layers): memoise the frozen backbone's states
+    # of up to this many distinct texts; see ctvlp.models.text.TextEncoder.enable_hidden_cache
+    cache_size: NonNegInt = 0
 
 
 class VQSpec(Strict):

@@ -181,3 +181,60 @@ def test_minilm_offline_package_loads():
         alone = enc(*pad_batch(tokenize_texts(tok, TEXTS[2:], 32)))
     assert enc.backbone.config.hidden_size == 384 and out.shape == (3, 16)
     torch.testing.assert_close(out[2:], alone, rtol=1e-4, atol=1e-5)
+
+
+def _cached_pair(pooling: str) -> tuple[TextEncoder, TextEncoder]:
+    """Two equal encoders with fully frozen backbones, the second memoising its states."""
+    plain, cached = _tiny_encoder(pooling), _tiny_encoder(pooling)
+    for enc in (plain, cached):
+        enc.freeze_layers(len(enc.backbone.encoder.layer))
+    cached.enable_hidden_cache(4)
+    return plain, cached
+
+
+@pytest.mark.parametrize("pooling", ["cls", "query"])
+def test_hidden_cache_gives_the_uncached_values_and_gradients(tokenizer, pooling):
+    plain, cached = _cached_pair(pooling)
+    plain.backbone.eval()  # the cache keeps a frozen backbone deterministic (no dropout)
+    seqs = tokenize_texts(tokenizer, TEXTS + [TEXTS[0]], 64)  # a repeated text: a hit in-batch
+    ids, mask = pad_batch(seqs)
+    anatomy = torch.tensor([0, 1, 2, 1])
+    if pooling == "query":
+        cached.attn.dropout = 0.0  # train mode below: only the pooling's dropout would differ
+    for _ in range(2):  # the second pass is served from the cache
+        cached.train()
+        out_p, out_c = plain(ids, mask, anatomy), cached(ids, mask, anatomy)
+        torch.testing.assert_close(out_c, out_p, rtol=1e-5, atol=1e-6)
+        g_p = torch.autograd.grad(out_p.square().sum() + out_p[:, 0].sum(), list(plain.proj.parameters()))
+        g_c = torch.autograd.grad(out_c.square().sum() + out_c[:, 0].sum(), list(cached.proj.parameters()))
+        for a, b in zip(g_c, g_p):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not cached.backbone.training  # train() keeps the memoised backbone in eval mode
+    assert cached.cache_misses == 3 and cached.cache_hits == 5  # 3 distinct texts, then all hits
+
+
+def test_hidden_cache_is_bounded_lru_and_cleared_by_loading(tokenizer):
+    _, cached = _cached_pair("query")
+    seqs = tokenize_texts(tokenizer, [f"lesion number {i}." for i in range(6)], 64)
+    for s in seqs:
+        cached(*pad_batch([s]), torch.tensor([0]))
+    assert len(cached._cache) == 4  # the capacity: the two oldest texts were evicted
+    cached(*pad_batch([seqs[0]]), torch.tensor([0]))
+    assert cached.cache_misses == 7
+    cached.load_state_dict(cached.state_dict())
+    assert len(cached._cache) == 0
+
+
+def test_hidden_cache_needs_a_frozen_backbone_and_is_built_from_the_spec():
+    from ctvlp.config import ModelSpec
+
+    with pytest.raises(ValueError, match="fully frozen"):
+        _tiny_encoder("query").enable_hidden_cache(10)
+    spec = ModelSpec.model_validate({"embed_dim": 32, "text": {"name_or_path": "tiny", "freeze_layers": 2,
+                                                               "cache_size": 100}})
+    enc = build_text_encoder(spec, num_anatomies=4)
+    assert enc.cache_size == 100 and enc.backbone_frozen
+    bad = ModelSpec.model_validate({"embed_dim": 32, "text": {"name_or_path": "tiny", "freeze_layers": 1,
+                                                              "cache_size": 100}})
+    with pytest.raises(ValueError, match="fully frozen"):
+        build_text_encoder(bad, num_anatomies=4)
