@@ -224,7 +224,7 @@ class _Loop:
             if state.step_in_epoch >= self.steps_per_epoch:
                 break
             timer.data_ready()
-            out = train_step(self.engine, self.task, batch)
+            out = train_step(self.engine, self.task, batch, channels_last=cfg.channels_last)
             state.advance(cfg.global_batch_size)
             seconds, wait = timer.step_done()
             out.update(samples_per_s=cfg.global_batch_size / seconds, data_wait_frac=wait,

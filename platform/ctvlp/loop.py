@@ -53,6 +53,8 @@ class TrainConfig:
         max_steps_per_epoch: cap on steps per epoch (debug, tuning); 0 = the whole split.
         zero_stage: DeepSpeed ZeRO stage (1 or 2).
         bf16: bf16 weights/activations (DeepSpeed's bf16 mode with fp32 master weights).
+        channels_last: 5-D conv weights and image batches in ``torch.channels_last_3d`` (GPU:
+            ~1.35x on the 3D ResNet in bf16; on CPU it is ~3x slower, so the spec sets it on GPU only).
         seed: base seed; rank r seeds its data augmentation with ``seed + r``.
         log_every: console cadence in steps (TensorBoard gets every step).
     """
@@ -68,6 +70,7 @@ class TrainConfig:
     max_steps_per_epoch: int = 0
     zero_stage: int = 1
     bf16: bool = False
+    channels_last: bool = False
     seed: int = 0
     log_every: int = 10
 
@@ -99,6 +102,7 @@ def train_config_from_spec(spec: Any, phase: int, *, cuda: bool | None = None) -
         warmup_epochs=p.warmup_epochs, weight_decay=p.weight_decay, grad_clip=p.grad_clip,
         checkpoint_every_steps=p.checkpoint_every_steps, max_steps_per_epoch=p.max_steps_per_epoch,
         zero_stage=res.zero_stage, bf16=bf16, seed=spec.seed,
+        channels_last=bool(cuda and res.use_gpu and res.channels_last),
     )
 
 
@@ -225,6 +229,8 @@ def build_engine(module: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int
     ensure_process_group()
     deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False)
     _broadcast_scalar_params(module)
+    if cfg.channels_last:
+        module.to(memory_format=torch.channels_last_3d)  # 5-D weights only; the rest is unchanged
     optimizer = torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(cfg, steps_per_epoch))
     engine, _, _, _ = deepspeed.initialize(
@@ -235,19 +241,23 @@ def build_engine(module: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int
 
 
 # ----------------------------------------------------------------------------------- stepping
-def to_device(batch: Mapping[str, Any], device: torch.device, float_dtype: torch.dtype | None = None) -> dict:
-    """Move tensors to ``device``; cast floating tensors to ``float_dtype`` (bf16 engines)."""
+def to_device(batch: Mapping[str, Any], device: torch.device, float_dtype: torch.dtype | None = None,
+              channels_last: bool = False) -> dict:
+    """Move tensors to ``device``; cast floating tensors to ``float_dtype`` (bf16 engines); with
+    ``channels_last``, lay 5-D floating tensors (images [B, C, D, H, W]) out as channels_last_3d."""
     out = {}
     for key, value in batch.items():
         if isinstance(value, torch.Tensor):
             value = value.to(device, non_blocking=True)
             if float_dtype is not None and value.is_floating_point():
                 value = value.to(float_dtype)
+            if channels_last and value.ndim == 5 and value.is_floating_point():
+                value = value.contiguous(memory_format=torch.channels_last_3d)
         out[key] = value
     return out
 
 
-def train_step(engine, task, batch: Mapping[str, Any]) -> dict[str, float]:
+def train_step(engine, task, batch: Mapping[str, Any], *, channels_last: bool = False) -> dict[str, float]:
     """One optimiser step: forward through the task, backward of the summed ``*_loss`` terms,
     clip + AdamW + schedule (DeepSpeed), then ``task.after_step()``.
 
@@ -258,7 +268,7 @@ def train_step(engine, task, batch: Mapping[str, Any]) -> dict[str, float]:
     if missing:
         raise KeyError(f"batch lacks keys {missing} that {type(task).__name__} requires; has {sorted(batch)}")
     dtype = torch.bfloat16 if engine.bfloat16_enabled() else None
-    losses, metrics = task.training_step(to_device(batch, engine.device, dtype))
+    losses, metrics = task.training_step(to_device(batch, engine.device, dtype, channels_last))
     terms = {k: v for k, v in losses.items() if k.endswith("_loss")}
     if not terms:
         raise ValueError(f"training_step returned no '*_loss' entries (got {sorted(losses)})")
