@@ -4,7 +4,8 @@ Shuffling without a global shuffle of 300K volumes: the shard *files* are read i
 order every epoch (``FileShuffleConfig(seed, reseed_after_execution=True)``; each epoch's
 ``iter_torch_batches`` is a new execution), and every worker mixes rows in a local shuffle buffer
 (``data.shuffle_buffer``, ``jobs.runner``). Each study is one row, so each is seen once per
-epoch. Decoding and the random crop + flips (``ctvlp.data``) run in Ray Data tasks on the CPUs
+epoch. A split of at most ``data.cache_train_mb`` is read once and replayed from the object
+store (no per-epoch file shuffle then; the local buffers still mix rows). Decoding and the random crop + flips (``ctvlp.data``) run in Ray Data tasks on the CPUs
 of the cluster, in parallel with training; :func:`collate_columns` pads the texts per batch.
 The augmentation's random draws come from fresh OS entropy in each task (reproducible crops
 would need the epoch inside the map, which Ray Data does not give).
@@ -55,6 +56,16 @@ def count_rows(spec: Any, uris: list[str]) -> int:
     return total
 
 
+def shard_bytes(spec: Any, uris: list[str]) -> int:
+    """Total size in bytes of the shard files."""
+    storage = storage_of(spec)
+    total = 0
+    for uri in uris:
+        fs, path = storage.fs(uri)
+        total += int(fs.size(path))
+    return total
+
+
 def augment_batch(batch: dict[str, np.ndarray], crop_size: tuple[int, int, int], flip_prob: float) -> dict:
     """Ray Data ``map_batches`` function: decode each row and apply the train crop + flips.
 
@@ -97,10 +108,17 @@ def build_train_dataset(spec: Any) -> tuple[Any, int]:
     storage = storage_of(spec)
     fs, _ = storage.arrow_fs(uris[0]) if is_s3(uris[0]) else (None, None)
     paths = [storage.fs(u)[1] for u in uris] if fs is not None else uris
+    cache = 0 < shard_bytes(spec, uris) <= spec.data.cache_train_mb * 2**20
     ds = ray.data.read_parquet(
         paths, filesystem=fs, columns=_TRAIN_COLUMNS,
-        shuffle=FileShuffleConfig(seed=spec.seed, reseed_after_execution=True),
+        shuffle=None if cache else FileShuffleConfig(seed=spec.seed, reseed_after_execution=True),
     )
+    if cache:
+        # Every epoch is a new execution of the plan, and its file-listing task alone took ~19 s
+        # per epoch on the 2-core demo machine (Ray 2.60: ReadFilesParquetV2 lists files in a
+        # task), longer than the epoch's training steps. A small split is read once instead;
+        # rows then reach the workers in a fixed order, mixed by their local shuffle buffers.
+        ds = ds.materialize()
     ds = ds.map_batches(augment_batch, batch_size=4, batch_format="numpy",
                         fn_kwargs={"crop_size": tuple(spec.data.crop_size), "flip_prob": spec.data.flip_prob})
     return ds, count_rows(spec, uris)

@@ -30,7 +30,7 @@ def describe(resolved: JobSpec, phase: int) -> str:
         f"  optimiser    AdamW lr {t.lr:g} (warm-up {t.warmup_epochs:g} epoch, cosine to {t.min_lr:g}), "
         f"wd {t.weight_decay:g}, clip {t.grad_clip:g}",
         f"  epochs       {t.epochs} x global batch {t.global_batch_size}; checkpoint every "
-        f"{t.checkpoint_every_steps or '-'} steps and at epoch ends",
+        f"{t.checkpoint_every_steps or '-'} steps and every {t.checkpoint_every_epochs} epoch(s)",
         f"  workers      {plan.num_workers} ({'GPU' if plan.use_gpu else 'CPU'}), DeepSpeed ZeRO-{t.zero_stage}, "
         f"bf16 {t.bf16}, max_failures {plan.max_failures}",
         f"  data         {resolved.data.shards_uri or '(data.shards_uri unset)'}",

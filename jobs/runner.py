@@ -6,7 +6,8 @@ phase's task (``ctvlp.tasks.build_task``), a DeepSpeed engine (``ctvlp.loop``) a
 same loop whatever the phase.
 
 Checkpoints and resume:
-- every ``checkpoint_every_steps`` optimiser steps and at every epoch end, each rank writes its
+- every ``checkpoint_every_steps`` optimiser steps and at every ``checkpoint_every_epochs``-th epoch
+  end (and the last), each rank writes its
   DeepSpeed shard and calls ``ray.train.report`` with it; Ray merges the shards into one
   checkpoint directory of the run, with rank 0's ``resolved_spec.yaml``, ``model_config.json``
   and ``meta.json`` (git commit, train state).
@@ -238,7 +239,8 @@ class _Loop:
             raise RuntimeError(f"rank {self.rank}: the data shard ran out after {state.step_in_epoch} of "
                                f"{self.steps_per_epoch} steps in epoch {state.epoch}")
         state.end_epoch()
-        self.checkpoint(state, out)
+        if state.epoch % cfg.checkpoint_every_epochs == 0 or state.epoch >= cfg.epochs:
+            self.checkpoint(state, out)
 
     def checkpoint(self, state: TrainState, metrics: dict) -> None:
         """Collective: every rank saves its shard and reports it; Ray merges them into one dir."""

@@ -50,6 +50,7 @@ class TrainConfig:
         weight_decay: AdamW decoupled weight decay on >=2-D weights (not on norms or biases).
         grad_clip: global gradient-norm clip; 0 disables it.
         checkpoint_every_steps: checkpoint cadence in optimiser steps; 0 = epoch ends only.
+        checkpoint_every_epochs: epoch-end checkpoints every this many epochs (and the last).
         max_steps_per_epoch: cap on steps per epoch (debug, tuning); 0 = the whole split.
         zero_stage: DeepSpeed ZeRO stage (1 or 2).
         bf16: bf16 weights/activations (DeepSpeed's bf16 mode with fp32 master weights).
@@ -67,6 +68,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     checkpoint_every_steps: int = 0
+    checkpoint_every_epochs: int = 1
     max_steps_per_epoch: int = 0
     zero_stage: int = 1
     bf16: bool = False
@@ -77,6 +79,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.global_batch_size < 1:
             raise ValueError(f"epochs and global_batch_size must be >= 1, got {self.epochs}, {self.global_batch_size}")
+        if self.checkpoint_every_epochs < 1:
+            raise ValueError(f"checkpoint_every_epochs must be >= 1, got {self.checkpoint_every_epochs}")
         if self.zero_stage not in (1, 2):
             raise ValueError(f"zero_stage must be 1 or 2 (ZeRO-3 needs engine-driven forwards), got {self.zero_stage}")
         if not 0 <= self.min_lr <= self.lr:
@@ -101,6 +105,7 @@ def train_config_from_spec(spec: Any, phase: int, *, cuda: bool | None = None) -
         epochs=p.epochs, global_batch_size=p.batch_size, lr=p.lr, min_lr=p.min_lr,
         warmup_epochs=p.warmup_epochs, weight_decay=p.weight_decay, grad_clip=p.grad_clip,
         checkpoint_every_steps=p.checkpoint_every_steps, max_steps_per_epoch=p.max_steps_per_epoch,
+        checkpoint_every_epochs=p.checkpoint_every_epochs,
         zero_stage=res.zero_stage, bf16=bf16, seed=spec.seed,
         channels_last=bool(cuda and res.use_gpu and res.channels_last),
     )

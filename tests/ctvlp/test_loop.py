@@ -54,6 +54,7 @@ def test_warmup_cosine_is_one_epoch_of_warmup():
         ({"epochs": 0}, "epochs"),
         ({"zero_stage": 3}, "zero_stage"),
         ({"min_lr": 1.0}, "min_lr"),
+        ({"checkpoint_every_epochs": 0}, "checkpoint_every_epochs"),
     ],
 )
 def test_train_config_rejects_bad_values(kwargs, match):
@@ -81,7 +82,9 @@ def test_train_config_from_the_real_spec():
     assert train_config_from_spec(on_gpu, 1, cuda=True).bf16 is True
     # channels_last_3d only on a GPU (on CPU it is ~3x slower: bench/results/model_step_small.md)
     assert train_config_from_spec(on_gpu, 1, cuda=True).channels_last is True
-    assert cfg.channels_last is False
+    assert cfg.channels_last is False and cfg.checkpoint_every_epochs == 1
+    sparse = load_spec(None, ["phases.phase2.checkpoint_every_epochs=4"])
+    assert train_config_from_spec(sparse, 2, cuda=False).checkpoint_every_epochs == 4
     off = load_spec(None, ["resources.use_gpu=true", "resources.channels_last=false"])
     assert train_config_from_spec(off, 1, cuda=True).channels_last is False
 

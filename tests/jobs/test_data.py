@@ -45,3 +45,22 @@ def test_ray_data_batches_follow_the_batch_contract(ray_session, demo_spec):
     assert int(b["text_mask"].sum(-1).max()) == b["text_ids"].shape[-1]
     assert sorted(sid for x in batches for sid in x["study_id"]) == sorted(
         f"train_{s}_{i}" for s in range(3) for i in range(2))  # each study once per epoch
+
+
+@pytest.mark.parametrize("cache_mb", [0, 1024])
+def test_cached_and_streamed_train_splits_give_every_study_each_epoch(ray_session, demo_spec, cache_mb):
+    import os
+
+    from jobs.data import CollateColumns, build_train_dataset, shard_bytes, train_shard_uris
+
+    spec = demo_spec.model_copy(update={"data": demo_spec.data.model_copy(update={"cache_train_mb": cache_mb})})
+    uris = train_shard_uris(spec)
+    assert shard_bytes(spec, uris) == sum(os.path.getsize(u) for u in uris)
+    ds, _ = build_train_dataset(spec)
+    expected = sorted(f"train_{s}_{i}" for s in range(3) for i in range(2))
+    crops = []
+    for _ in range(2):  # two epochs: two executions of the same plan
+        batches = list(ds.iter_torch_batches(batch_size=2, collate_fn=CollateColumns()))
+        assert sorted(sid for b in batches for sid in b["study_id"]) == expected
+        crops.append(sum(float(b["image"].sum()) for b in batches))
+    assert crops[0] != crops[1]  # the random crops/flips are drawn anew every epoch

@@ -82,6 +82,9 @@ class DataSpec(Strict):
     flip_prob: Prob = 0.2  # per-axis random flip probability at training time
     valid_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1  # of train patients, carved as valid
     shuffle_buffer: PosInt = 16  # local shuffle buffer (samples) after per-epoch shard shuffling
+    # Read the train shards once into Ray's object store when they total at most this many MB
+    # (0 = never): later epochs skip listing + reading files (jobs/data.build_train_dataset)
+    cache_train_mb: NonNegInt = 1024
 
     @model_validator(mode="before")
     @classmethod
@@ -240,6 +243,9 @@ class PhaseSpec(Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.05
     grad_clip: Annotated[float, Field(ge=0)] = 1.0  # 0 = off
     checkpoint_every_steps: NonNegInt = 0  # 0 = at epoch ends only
+    # epoch-end checkpoints every N epochs (the last epoch always): a checkpoint holds the whole
+    # model (a frozen text backbone too), which costs seconds per epoch on small demo epochs
+    checkpoint_every_epochs: PosInt = 1
     max_steps_per_epoch: NonNegInt = 0  # 0 = the whole split; >0 caps an epoch (debug, tuning)
     init: InitSpec = InitSpec()
 
