@@ -75,6 +75,17 @@ def test_two_worker_deepspeed_run_checkpoints_and_exports(ray_session, tmp_path)
     assert list((Path(plan.run_uri) / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
+def test_epoch_end_checkpoints_follow_checkpoint_every_epochs(ray_session, tmp_path):
+    plan, spec = toy_plan(tmp_path, "phases.phase1.epochs=3", "phases.phase1.checkpoint_every_steps=0",
+                          "phases.phase1.checkpoint_every_epochs=2")
+    result = fit_toy(plan, spec)
+    # 6 steps per epoch: epoch 2 ends at step 12 (every 2nd epoch), epoch 3 at 18 (the last, always)
+    assert [p.name for p in checkpoints(plan)] == ["checkpoint_step00000012_epoch0002",
+                                                   "checkpoint_step00000018_epoch0003"]
+    assert result.metrics["step"] == 18 and Path(result.export_uri, "model.safetensors").is_file()
+
+
 def toy_eval_mse_untrained() -> float:
     import tempfile
 
