@@ -133,7 +133,8 @@ class TokenEncoder:
 
         torch.set_num_threads(max(1, num_threads))
         export_spec = spec_from_dict(read_config(export_dir)["spec"])
-        self.vision = build_vision_model(export_spec.model, export_spec.data.num_anatomies)
+        self.vision = build_vision_model(export_spec.model, export_spec.data.num_anatomies,
+                                         hu_window=export_spec.data.hu_window)
         load_part(self.vision, "vision", export_dir)
         self.vision.eval().requires_grad_(False)
         self.roi, self.batch_size = tuple(roi), batch_size

@@ -21,7 +21,7 @@ def setup():
     spec = load_spec("jobs/specs/tune_debug.yaml")
     m = spec.data.num_anatomies
     torch.manual_seed(0)
-    vision = build_vision_model(spec.model, m).eval()
+    vision = build_vision_model(spec.model, m, hu_window=spec.data.hu_window).eval()
     samples = [decode_sample(shard_row(f"s{i}", "valid", i, m)) for i in range(3)]
     return spec, vision, samples
 

@@ -189,6 +189,10 @@ class ModelSpec(Strict):
     embed_dim: PosInt = 256  # shared image/text space
     pool_heads: PosInt = 4  # anatomy query pooling heads
     pool_dropout: Prob = 0.1
+    # HU windows fed to the encoder as input channels, each clipped and rescaled to [0, 1] from the
+    # stored window (data.hu_window); empty = the stored window as the one channel (the paper).
+    # E.g. [[-1000, 1000], [-160, 240]] adds a soft-tissue channel for low-contrast organ lesions.
+    input_windows: list[tuple[float, float]] = []
     text: TextSpec = TextSpec()
     temperature_init: PosFloat = 0.07  # alignment temperature (logits = sim / tau)
     temperature_learnable: bool = True
@@ -207,6 +211,9 @@ class ModelSpec(Strict):
     def _consistent(self):
         if self.token_dim % self.pool_heads:
             raise ValueError(f"token_dim {self.token_dim} is not divisible by pool_heads {self.pool_heads}")
+        for i, (lo, hi) in enumerate(self.input_windows):
+            if not lo < hi:
+                raise ValueError(f"input_windows[{i}] needs lo < hi, got {[lo, hi]}")
         if not self.temperature_min <= self.temperature_init <= self.temperature_max:
             raise ValueError(
                 f"temperature_init {self.temperature_init} is outside "
@@ -425,6 +432,13 @@ class JobSpec(Strict):
                         f"eval.diseases[{i}] ({d.name!r}): anatomy {d.anatomy!r} is not in the "
                         f"grouping; allowed: {sorted(anatomies)}"
                     )
+        stored = self.data.hu_window
+        for i, (lo, hi) in enumerate(self.model.input_windows):
+            if stored is not None and (hi <= stored[0] or lo >= stored[1]):
+                raise ValueError(
+                    f"model.input_windows[{i}] {[lo, hi]} HU lies outside data.hu_window "
+                    f"{list(stored)}: the stored images hold no intensity in it"
+                )
         for key in self.tune.space:
             if not _has_path(self.model_dump(), key):
                 raise ValueError(f"tune.space key {key!r} is not a spec field")

@@ -192,7 +192,7 @@ class EvalModel:
         spec = spec_from_dict(config["spec"])
         m, mspec = spec.data.num_anatomies, spec.model
         builders = {
-            "vision": lambda: build_vision_model(mspec, m),
+            "vision": lambda: build_vision_model(mspec, m, hu_window=spec.data.hu_window),
             "text": lambda: build_text_encoder(mspec, m),
             "vqvae": lambda: build_vqvae(mspec, m),
             "perception": lambda: AbnormalityPerception(m, mspec.token_dim, mspec.perception_activation),

@@ -191,17 +191,18 @@ class ResNet3dBackbone(nn.Module):
 class MultiScaleTokenEncoder(nn.Module):
     """Backbone + per-stage 1x1x1 projection to ``token_dim`` + flatten to tokens.
 
-    ``forward(image [B,1,D,H,W]) -> (tokens, grids)`` with ``tokens[s]: [B, L_s, token_dim]``
+    ``forward(image [B,C_in,D,H,W]) -> (tokens, grids)`` (C_in = ``in_channels``, 1 for CT) with ``tokens[s]: [B, L_s, token_dim]``
     (L_s = prod(grids[s]), row-major over (D, H, W) like ``flatten(2)``) and ``grids[s]`` the
     stage's (D, H, W) grid. Under ``channels_last_3d`` the flatten is a free view.
     """
 
     def __init__(self, depth: str | int = 18, width: int = 64, token_dim: int = 256,
-                 shortcut_type: str | None = None, gradient_checkpointing: bool = False) -> None:
+                 shortcut_type: str | None = None, gradient_checkpointing: bool = False,
+                 in_channels: int = 1) -> None:
         super().__init__()
         if token_dim < 1:
             raise ValueError(f"token_dim must be >= 1, got {token_dim}")
-        self.backbone = ResNet3dBackbone(depth, width, shortcut_type)
+        self.backbone = ResNet3dBackbone(depth, width, shortcut_type, in_channels)
         self.backbone.gradient_checkpointing = gradient_checkpointing
         self.proj = nn.ModuleList(nn.Conv3d(c, token_dim, 1) for c in self.backbone.stage_channels)
         self.token_dim = token_dim

@@ -15,12 +15,15 @@
 passes the abnormality-perception MLP there (sec. 3.3.2), which rewrites the level-4 tokens from
 concat(original, VQ-VAE reconstruction). It must return a list of the same shapes.
 
+``input_windows`` (optional) turns the one stored intensity channel into several windowed
+channels before the encoder (``WindowChannels``), e.g. the full window plus a soft-tissue one.
+
 Shape legend: B batch, M anatomies, L tokens, C token dim, E embed dim.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -33,6 +36,36 @@ from ctvlp.models.tokens import anatomy_token_flags, intact_anatomies
 TokenTransform = Callable[[list[torch.Tensor], list[torch.Tensor]], list[torch.Tensor]]
 
 
+class WindowChannels(nn.Module):
+    """``[B, 1, D, H, W]`` stored intensities in [0, 1] -> ``[B, K, D, H, W]``, one channel per window.
+
+    Channel k is ``clamp((x - lo_k) / (hi_k - lo_k), 0, 1)`` with ``(lo_k, hi_k)`` in stored units
+    (the fraction of the stored HU window, ``build_vision_model`` converts from HU). Radiologists
+    read CT in several windows because one linear map cannot show both a 900 HU lung/nodule contrast
+    and a 50 HU liver/cyst contrast; a fixed clip gives the encoder the narrow window's contrast at
+    its input instead of leaving a ReLU stack to learn it. No MONAI transform does this on a tensor
+    inside the model (ScaleIntensityRange is per-sample, outside autograd and export), so it is
+    written here, parameter-free, and travels with the model into evaluation and exports.
+    """
+
+    def __init__(self, windows: Sequence[tuple[float, float]]) -> None:
+        super().__init__()
+        if not windows:
+            raise ValueError("WindowChannels needs at least one (lo, hi) window")
+        for lo, hi in windows:
+            if not lo < hi:
+                raise ValueError(f"window needs lo < hi, got {(lo, hi)}")
+        w = torch.tensor([tuple(map(float, x)) for x in windows], dtype=torch.float32)
+        # non-persistent: derived from the spec, so exports of one-channel models stay loadable
+        self.register_buffer("lo", w[:, 0].view(1, -1, 1, 1, 1), persistent=False)
+        self.register_buffer("scale", (1.0 / (w[:, 1] - w[:, 0])).view(1, -1, 1, 1, 1), persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.shape[1] != 1:
+            raise ValueError(f"WindowChannels takes one stored channel, got {tuple(image.shape)}")
+        return ((image - self.lo.to(image.dtype)) * self.scale.to(image.dtype)).clamp(0.0, 1.0)
+
+
 class VisionModel(nn.Module):
     """Multi-scale 3D ResNet tokens pooled per anatomy.
 
@@ -41,15 +74,20 @@ class VisionModel(nn.Module):
         depth, width, token_dim: the encoder (``resnet3d.MultiScaleTokenEncoder``).
         embed_dim, pool_heads, pool_dropout: the pooling (``pooling.AnatomyQueryPooling``).
         gradient_checkpointing: recompute each ResNet stage in backward (saves activations).
+        input_windows: (lo, hi) windows in stored [0, 1] units, one encoder input channel each
+            (``WindowChannels``); empty = the stored image as the one channel.
     """
 
     def __init__(self, num_anatomies: int, depth: str | int = 18, width: int = 64,
                  token_dim: int = 256, embed_dim: int = 256, pool_heads: int = 4,
-                 pool_dropout: float = 0.1, gradient_checkpointing: bool = False) -> None:
+                 pool_dropout: float = 0.1, gradient_checkpointing: bool = False,
+                 input_windows: Sequence[tuple[float, float]] = ()) -> None:
         super().__init__()
         self.num_anatomies = num_anatomies
+        self.windows = WindowChannels(input_windows) if input_windows else None
         self.encoder = MultiScaleTokenEncoder(depth, width, token_dim,
-                                              gradient_checkpointing=gradient_checkpointing)
+                                              gradient_checkpointing=gradient_checkpointing,
+                                              in_channels=len(input_windows) or 1)
         self.pooling = AnatomyQueryPooling(num_anatomies, token_dim, embed_dim, pool_heads, pool_dropout)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor,
@@ -59,7 +97,7 @@ class VisionModel(nn.Module):
                 or image.shape[2:] != mask.shape[1:]:
             raise ValueError(f"need image [B,1,D,H,W] and mask [B,D,H,W] of the same B, D, H, W; "
                              f"got {tuple(image.shape)} and {tuple(mask.shape)}")
-        tokens, grids = self.encoder(image)
+        tokens, grids = self.encoder(image if self.windows is None else self.windows(image))
         flags = anatomy_token_flags(mask, self.num_anatomies, STAGE_STRIDES)
         for s, (t, f) in enumerate(zip(tokens, flags)):
             # The two grids agree by construction (ceil(size / stride)); a mismatch means a changed
@@ -76,10 +114,23 @@ class VisionModel(nn.Module):
                 "valid": pooled["valid"], "intact": intact_anatomies(mask, self.num_anatomies)}
 
 
-def build_vision_model(model_spec: Any, num_anatomies: int,
-                       gradient_checkpointing: bool = False) -> VisionModel:
+def stored_windows(hu_windows: Sequence[tuple[float, float]],
+                   hu_window: tuple[float, float]) -> list[tuple[float, float]]:
+    """HU windows -> windows in stored [0, 1] units of images windowed to ``hu_window`` (lo, hi)."""
+    lo, hi = map(float, hu_window)
+    return [((a - lo) / (hi - lo), (b - lo) / (hi - lo)) for a, b in hu_windows]
+
+
+def build_vision_model(model_spec: Any, num_anatomies: int, gradient_checkpointing: bool = False,
+                       hu_window: tuple[float, float] | None = None) -> VisionModel:
     """VisionModel from ``spec.model`` (encoder_depth, encoder_width, token_dim, embed_dim,
-    pool_heads, pool_dropout); ``gradient_checkpointing`` from spec.resources.activation_checkpointing."""
+    pool_heads, pool_dropout, input_windows); ``gradient_checkpointing`` from
+    spec.resources.activation_checkpointing; ``hu_window`` = spec.data.hu_window, the stored
+    images' window, needed to place ``model.input_windows`` (given in HU)."""
+    hu_windows = list(getattr(model_spec, "input_windows", []) or [])
+    if hu_windows and hu_window is None:
+        raise ValueError("model.input_windows is set: build_vision_model needs the stored hu_window")
     return VisionModel(num_anatomies, model_spec.encoder_depth, model_spec.encoder_width,
                        model_spec.token_dim, model_spec.embed_dim, model_spec.pool_heads,
-                       getattr(model_spec, "pool_dropout", 0.1), gradient_checkpointing)
+                       getattr(model_spec, "pool_dropout", 0.1), gradient_checkpointing,
+                       stored_windows(hu_windows, hu_window) if hu_windows else ())

@@ -49,7 +49,7 @@ class DiseaseContrastiveTask(Task):
     def __init__(self, spec: JobSpec) -> None:
         super().__init__(spec)
         vision = build_vision_model(spec.model, self.num_anatomies,
-                                    spec.resources.activation_checkpointing)
+                                    spec.resources.activation_checkpointing, spec.data.hu_window)
         self.module["vision"] = vision
         self.module["momentum"] = MomentumEncoder(vision, spec.model.momentum)
 

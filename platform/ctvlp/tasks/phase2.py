@@ -66,7 +66,8 @@ class AlignmentTask(Task):
     def __init__(self, spec: JobSpec) -> None:
         super().__init__(spec)
         self.module["vision"] = build_vision_model(spec.model, self.num_anatomies,
-                                                   spec.resources.activation_checkpointing)
+                                                   spec.resources.activation_checkpointing,
+                                                   spec.data.hu_window)
         self.module["text"] = build_text_encoder(spec.model, self.num_anatomies)
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> tuple[Losses, Metrics]:

@@ -43,7 +43,7 @@ class NormalityTask(Task):
         super().__init__(spec)
         if not spec.phases.phase3_cached_tokens:  # image batches through the frozen encoder
             self.required_keys = ("image", "mask", "abnormal")
-        self.module["vision"] = build_vision_model(spec.model, self.num_anatomies)
+        self.module["vision"] = build_vision_model(spec.model, self.num_anatomies, hu_window=spec.data.hu_window)
         self.module["vqvae"] = build_vqvae(spec.model, self.num_anatomies)
         self.freeze("vision")
 

@@ -29,7 +29,8 @@ class BoostedAlignmentTask(Task):
     def __init__(self, spec: JobSpec) -> None:
         super().__init__(spec)
         m = self.num_anatomies
-        self.module["vision"] = build_vision_model(spec.model, m, spec.resources.activation_checkpointing)
+        self.module["vision"] = build_vision_model(spec.model, m, spec.resources.activation_checkpointing,
+                                                   spec.data.hu_window)
         self.module["text"] = build_text_encoder(spec.model, m)
         self.module["vqvae"] = build_vqvae(spec.model, m)
         self.module["perception"] = AbnormalityPerception(m, spec.model.token_dim,

@@ -59,6 +59,8 @@ def test_custom_grouping_derives_m():
         ("phases.phase4.init.vqvae=null", "phase4.init.vqvae"),
         ("phases.phase2.init.vision_encoder=phase3", "phase2.init.vision_encoder"),
         ("model.pool_heads=3", "pool_heads"),
+        ("model.input_windows=[[240, -160]]", "input_windows[0]"),
+        ("model.input_windows=[[1200, 3000]]", "model.input_windows[0]"),
         ("resources.zero_stage=3", "resources.zero_stage"),
         ("ingest.report_parser=llm", "llm_path"),
         ("tune.space={model.nope: {kind: uniform, low: 0, high: 1}}", "model.nope"),

@@ -77,3 +77,37 @@ def test_build_from_model_spec():
     assert model.encoder.backbone.stage_channels == (8, 16, 32, 64)
     assert model.pooling.query.shape == (5, 32) and model.pooling.proj_weight.shape == (5, 32, 24)
     assert model.encoder.backbone.gradient_checkpointing
+
+
+def test_window_channels_clip_each_window():
+    from ctvlp.models.visd import WindowChannels, stored_windows
+
+    # stored window [-1000, 1000] HU: 0 HU is 0.5, 240 HU is 0.62; soft-tissue window [-160, 240]
+    (lo, hi), = stored_windows([(-160.0, 240.0)], (-1000.0, 1000.0))
+    assert (lo, hi) == pytest.approx((0.42, 0.62))
+    win = WindowChannels([(0.0, 1.0), (lo, hi)])
+    hu = torch.tensor([-1000.0, -160.0, 0.0, 40.0, 240.0, 1000.0])
+    out = win(((hu + 1000) / 2000).view(1, 1, 1, 1, -1))
+    assert out.shape == (1, 2, 1, 1, 6)
+    assert torch.allclose(out[0, 0].flatten(), (hu + 1000) / 2000)  # the full window is unchanged
+    assert torch.allclose(out[0, 1].flatten(), torch.tensor([0.0, 0.0, 0.4, 0.5, 1.0, 1.0]), atol=1e-6)
+    with pytest.raises(ValueError, match="lo < hi"):
+        WindowChannels([(0.6, 0.4)])
+
+
+def test_input_windows_feed_a_multichannel_stem_and_need_the_stored_window():
+    from ctvlp.config import load_spec
+
+    spec = load_spec(None, ["data.preset=demo", "model.encoder_depth=debug", "model.encoder_width=8",
+                            "model.token_dim=16", "model.embed_dim=12",
+                            "model.input_windows=[[-1000, 1000], [-160, 240]]"])
+    with pytest.raises(ValueError, match="hu_window"):
+        build_vision_model(spec.model, 3)
+    model = build_vision_model(spec.model, 3, hu_window=spec.data.hu_window).eval()
+    assert model.encoder.backbone.conv1.weight.shape[1] == 2
+    image, mask = _batch()
+    with torch.no_grad():
+        out = model(image, mask)
+    assert out["embeds"].shape == (2, 3, 12)
+    # the window constants are derived from the spec, not weights: an export holds none of them
+    assert not any("windows" in k for k in model.state_dict())
