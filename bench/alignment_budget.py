@@ -2,7 +2,8 @@
 
 The demo's 20-minute budget is mostly phase 2, so what a spec change buys is best measured as AUC at
 equal *time*, not equal steps. This script trains the phase-2 task of ``--spec`` (default: the demo
-spec) from scratch on an existing demo run's shards for ``--seconds`` with plain AdamW (linear
+spec) from scratch, or from the encoder of ``--phase1-seconds`` of phase 1 (eq. 2), on an existing
+demo run's shards for ``--seconds`` with plain AdamW (linear
 warm-up over 10 steps, the phase's lr and batch size, clip 1.0), then scores the test split
 zero-shot (``ctvlp.eval.zeroshot``) and, with ``--probe``, a linear probe fitted on the train
 split. Each run appends one JSON line to ``bench/results/alignment_budget.jsonl``; ``--table``
@@ -13,6 +14,7 @@ Usage:
     python bench/alignment_budget.py --shards /tmp/demo/main/shards --seconds 240 --tag base
     python bench/alignment_budget.py --shards ... --seconds 240 --tag cached \\
         model.text.freeze_layers=6 model.text.cache_size=8192
+    python bench/alignment_budget.py --shards ... --phase1-seconds 120 --seconds 240 --tag p1
     python bench/alignment_budget.py --table
 """
 
@@ -58,13 +60,17 @@ def batches(train: list[dict], spec, batch_size: int, rng: np.random.Generator):
                            for j in perm[i:i + batch_size]])
 
 
-def train_phase2(spec, train: list[dict], seconds: float, seed: int) -> tuple[object, dict]:
+def train_phase(spec, phase: int, train: list[dict], seconds: float, seed: int,
+                vision_state: dict | None = None) -> tuple[object, dict]:
+    """Train ``phase`` (1 or 2) from scratch, or its vision model from ``vision_state``."""
     from ctvlp.loop import to_device
     from ctvlp.tasks import build_task, total_loss
 
     torch.manual_seed(seed)
-    task = build_task(spec, 2, {})
-    ps = spec.phase(2)
+    task = build_task(spec, phase, {})
+    if vision_state is not None:
+        task.module["vision"].load_state_dict(vision_state)
+    ps = spec.phase(phase)
     params = [p for p in task.module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=ps.lr, weight_decay=ps.weight_decay)
     task.train()
@@ -81,13 +87,16 @@ def train_phase2(spec, train: list[dict], seconds: float, seed: int) -> tuple[ob
         torch.nn.utils.clip_grad_norm_(params, ps.grad_clip)
         opt.step()
         task.after_step()
-        task.module["text"].temperature.clamp_()
+        if "text" in task.module:
+            task.module["text"].temperature.clamp_()
         losses.append(float(loss.detach()))
         step += 1
-    text = task.module["text"]
-    return task, {"steps": step, "seconds": round(time.time() - t0, 1),
-                  "loss_first10": float(np.mean(losses[:10])), "loss_last10": float(np.mean(losses[-10:])),
-                  "text_cache_hits": text.cache_hits, "text_cache_misses": text.cache_misses}
+    info = {"steps": step, "seconds": round(time.time() - t0, 1),
+            "loss_first10": float(np.mean(losses[:10])), "loss_last10": float(np.mean(losses[-10:]))}
+    if "text" in task.module:
+        text = task.module["text"]
+        info.update(text_cache_hits=text.cache_hits, text_cache_misses=text.cache_misses)
+    return task, info
 
 
 def auc_per_disease(names, labels, scores) -> dict[str, float]:
@@ -126,10 +135,13 @@ def table() -> str:
              "One process, 2 torch threads, the 2-core CPU machine; test split of the 300-study demo corpus.",
              "Overrides apply to jobs/specs/demo.yaml of the commit that wrote the row; rows with a",
              "`producer` field came from the script's prototype (same task, optimiser and evaluation code).", "",
-             "| tag | overrides | budget s | steps | zero-shot macro AUC | probe macro AUC |", "|---|---|---|---|---|---|"]
+             "| tag | overrides | phase-1 s | phase-2 s | phase-2 steps | zero-shot macro AUC | probe macro AUC |",
+             "|---|---|---|---|---|---|---|"]
     for r in runs:
         zs, pr = r["zero_shot"], r.get("probe")
-        lines.append(f"| {r['tag']} | {' '.join(r['overrides']) or '(demo spec)'} | {r['budget_s']:g} | "
+        what = (' '.join(r['overrides']) or '(demo spec)') + (f" ({r['note']})" if r.get('note') else '')
+        lines.append(f"| {r['tag']} | {what} | {r.get('phase1_s', 0):g} | "
+                     f"{r['budget_s']:g} | "
                      f"{r['train']['steps']} | {np.mean(list(zs.values())):.3f} | "
                      f"{'' if not pr else f'{np.mean(list(pr.values())):.3f}'} |")
     names = list(runs[0]["zero_shot"]) if runs else []
@@ -143,7 +155,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--spec", default=str(ROOT / "jobs" / "specs" / "demo.yaml"))
     ap.add_argument("--shards", help="a demo run's shards directory (DIR/main/shards)")
-    ap.add_argument("--seconds", type=float, default=240.0)
+    ap.add_argument("--seconds", type=float, default=240.0, help="phase-2 budget")
+    ap.add_argument("--phase1-seconds", type=float, default=0.0,
+                    help="train phase 1 (eq. 2) first for this long and start phase 2 from its encoder")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--probe", action="store_true")
@@ -163,11 +177,16 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     spec = load_spec(args.spec, args.overrides)
     train, test = load_split(Path(args.shards), "train"), load_split(Path(args.shards), "test")
-    task, train_info = train_phase2(spec, train, args.seconds, args.seed)
+    vision_state, phase1_info = None, None
+    if args.phase1_seconds > 0:
+        task1, phase1_info = train_phase(spec, 1, train, args.phase1_seconds, args.seed)
+        vision_state = task1.module["vision"].state_dict()
+    task, train_info = train_phase(spec, 2, train, args.seconds, args.seed, vision_state)
     t0 = time.time()
     result = evaluate(spec, task, train, test, args.probe)
     record = {"tag": args.tag, "overrides": args.overrides, "budget_s": args.seconds, "threads": args.threads,
-              "train": train_info, "eval_s": round(time.time() - t0, 1), "torch": torch.__version__, **result}
+              "phase1_s": args.phase1_seconds, "phase1": phase1_info, "train": train_info,
+              "eval_s": round(time.time() - t0, 1), "torch": torch.__version__, **result}
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     with results.open("a") as f:

@@ -35,7 +35,7 @@ def encode_tokens(vision: VisionModel, image: torch.Tensor, mask: torch.Tensor) 
 
     Returns {"tokens": list [B, L_s, C], "flags": list bool [B, M, L_s], "intact": [B, M]}.
     """
-    tokens, _ = vision.encoder(image)
+    tokens, _ = vision.encode(image)
     flags = anatomy_token_flags(mask, vision.num_anatomies, STAGE_STRIDES)
     return {"tokens": tokens, "flags": flags, "intact": intact_anatomies(mask, vision.num_anatomies)}
 

@@ -90,6 +90,11 @@ class VisionModel(nn.Module):
                                               in_channels=len(input_windows) or 1)
         self.pooling = AnatomyQueryPooling(num_anatomies, token_dim, embed_dim, pool_heads, pool_dropout)
 
+    def encode(self, image: torch.Tensor) -> tuple[list[torch.Tensor], list[tuple[int, int, int]]]:
+        """image [B, 1, D, H, W] stored intensities -> (level tokens [B, L_s, C], grids): the input
+        windows (when set) then the encoder. Every caller that wants tokens goes through here."""
+        return self.encoder(image if self.windows is None else self.windows(image))
+
     def forward(self, image: torch.Tensor, mask: torch.Tensor,
                 token_transform: TokenTransform | None = None) -> dict[str, Any]:
         """image [B, 1, D, H, W] float, mask [B, D, H, W] int grouped ids -> dict (module doc)."""
@@ -97,7 +102,7 @@ class VisionModel(nn.Module):
                 or image.shape[2:] != mask.shape[1:]:
             raise ValueError(f"need image [B,1,D,H,W] and mask [B,D,H,W] of the same B, D, H, W; "
                              f"got {tuple(image.shape)} and {tuple(mask.shape)}")
-        tokens, grids = self.encoder(image if self.windows is None else self.windows(image))
+        tokens, grids = self.encode(image)
         flags = anatomy_token_flags(mask, self.num_anatomies, STAGE_STRIDES)
         for s, (t, f) in enumerate(zip(tokens, flags)):
             # The two grids agree by construction (ceil(size / stride)); a mismatch means a changed

@@ -111,3 +111,18 @@ def test_input_windows_feed_a_multichannel_stem_and_need_the_stored_window():
     assert out["embeds"].shape == (2, 3, 12)
     # the window constants are derived from the spec, not weights: an export holds none of them
     assert not any("windows" in k for k in model.state_dict())
+
+
+def test_token_encoding_outside_forward_applies_the_input_windows():
+    """Phase 3/4 and the token cache encode tokens without pooling (models.boost.encode_tokens):
+    with input_windows set they must see the same windowed channels as forward."""
+    from ctvlp.models.boost import encode_tokens
+
+    torch.manual_seed(0)
+    model = VisionModel(3, "debug", 8, 16, 12, 4, input_windows=[(0.0, 1.0), (0.42, 0.62)]).eval()
+    image, mask = _batch()
+    with torch.no_grad():
+        full = model(image, mask)
+        enc = encode_tokens(model, image, mask)
+    for a, b in zip(full["tokens"], enc["tokens"]):
+        assert torch.equal(a, b)
