@@ -191,7 +191,8 @@ class ResNet3dBackbone(nn.Module):
 class MultiScaleTokenEncoder(nn.Module):
     """Backbone + per-stage 1x1x1 projection to ``token_dim`` + flatten to tokens.
 
-    ``forward(image [B,C_in,D,H,W]) -> (tokens, grids)`` (C_in = ``in_channels``, 1 for CT) with ``tokens[s]: [B, L_s, token_dim]``
+    ``forward(image [B,C_in,D,H,W]) -> (tokens, grids)`` (C_in = ``in_channels``, 1 for CT) with
+    ``tokens[s]: [B, L_s, token_dim]``
     (L_s = prod(grids[s]), row-major over (D, H, W) like ``flatten(2)``) and ``grids[s]`` the
     stage's (D, H, W) grid. Under ``channels_last_3d`` the flatten is a free view.
     """

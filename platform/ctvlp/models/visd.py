@@ -43,9 +43,10 @@ class WindowChannels(nn.Module):
     (the fraction of the stored HU window, ``build_vision_model`` converts from HU). Radiologists
     read CT in several windows because one linear map cannot show both a 900 HU lung/nodule contrast
     and a 50 HU liver/cyst contrast; a fixed clip gives the encoder the narrow window's contrast at
-    its input instead of leaving a ReLU stack to learn it. No MONAI transform does this on a tensor
-    inside the model (ScaleIntensityRange is per-sample, outside autograd and export), so it is
-    written here, parameter-free, and travels with the model into evaluation and exports.
+    its input instead of leaving a ReLU stack to learn it. MONAI's ScaleIntensityRange(clip=True)
+    maps one range per call as a data transform; doing the K ranges here, as one broadcast inside
+    the model, keeps training, the token cache, evaluation and exports on the same input by
+    construction (the shards stay one uint8 channel). Parameter-free.
     """
 
     def __init__(self, windows: Sequence[tuple[float, float]]) -> None:
