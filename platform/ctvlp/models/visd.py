@@ -77,18 +77,19 @@ class VisionModel(nn.Module):
         gradient_checkpointing: recompute each ResNet stage in backward (saves activations).
         input_windows: (lo, hi) windows in stored [0, 1] units, one encoder input channel each
             (``WindowChannels``); empty = the stored image as the one channel.
+        stem_kernel: the encoder's stem conv kernel (7 = the paper's).
     """
 
     def __init__(self, num_anatomies: int, depth: str | int = 18, width: int = 64,
                  token_dim: int = 256, embed_dim: int = 256, pool_heads: int = 4,
                  pool_dropout: float = 0.1, gradient_checkpointing: bool = False,
-                 input_windows: Sequence[tuple[float, float]] = ()) -> None:
+                 input_windows: Sequence[tuple[float, float]] = (), stem_kernel: int = 7) -> None:
         super().__init__()
         self.num_anatomies = num_anatomies
         self.windows = WindowChannels(input_windows) if input_windows else None
         self.encoder = MultiScaleTokenEncoder(depth, width, token_dim,
                                               gradient_checkpointing=gradient_checkpointing,
-                                              in_channels=len(input_windows) or 1)
+                                              in_channels=len(input_windows) or 1, stem_kernel=stem_kernel)
         self.pooling = AnatomyQueryPooling(num_anatomies, token_dim, embed_dim, pool_heads, pool_dropout)
 
     def encode(self, image: torch.Tensor) -> tuple[list[torch.Tensor], list[tuple[int, int, int]]]:
@@ -130,7 +131,7 @@ def stored_windows(hu_windows: Sequence[tuple[float, float]],
 def build_vision_model(model_spec: Any, num_anatomies: int, gradient_checkpointing: bool = False,
                        hu_window: tuple[float, float] | None = None) -> VisionModel:
     """VisionModel from ``spec.model`` (encoder_depth, encoder_width, token_dim, embed_dim,
-    pool_heads, pool_dropout, input_windows); ``gradient_checkpointing`` from
+    pool_heads, pool_dropout, input_windows, stem_kernel); ``gradient_checkpointing`` from
     spec.resources.activation_checkpointing; ``hu_window`` = spec.data.hu_window, the stored
     images' window, needed to place ``model.input_windows`` (given in HU)."""
     hu_windows = list(getattr(model_spec, "input_windows", []) or [])
@@ -139,4 +140,5 @@ def build_vision_model(model_spec: Any, num_anatomies: int, gradient_checkpointi
     return VisionModel(num_anatomies, model_spec.encoder_depth, model_spec.encoder_width,
                        model_spec.token_dim, model_spec.embed_dim, model_spec.pool_heads,
                        getattr(model_spec, "pool_dropout", 0.1), gradient_checkpointing,
-                       stored_windows(hu_windows, hu_window) if hu_windows else ())
+                       stored_windows(hu_windows, hu_window) if hu_windows else (),
+                       getattr(model_spec, "stem_kernel", 7))

@@ -61,6 +61,7 @@ def test_custom_grouping_derives_m():
         ("model.pool_heads=3", "pool_heads"),
         ("model.input_windows=[[240, -160]]", "input_windows[0]"),
         ("model.input_windows=[[1200, 3000]]", "model.input_windows[0]"),
+        ("model.stem_kernel=4", "model.stem_kernel"),
         ("resources.zero_stage=3", "resources.zero_stage"),
         ("ingest.report_parser=llm", "llm_path"),
         ("tune.space={model.nope: {kind: uniform, low: 0, high: 1}}", "model.nope"),

@@ -34,6 +34,23 @@ def test_token_shapes_equal_ceil_grid(depth, width, size):
         assert t.shape == (2, g[0] * g[1] * g[2], 12)
 
 
+@pytest.mark.parametrize("kernel", [3, 5, 7])
+@pytest.mark.parametrize("size", [(17, 33, 40), (48, 64, 64)])
+def test_stem_kernel_keeps_the_grids(kernel, size):
+    enc = MultiScaleTokenEncoder("debug", 4, token_dim=8, in_channels=2, stem_kernel=kernel).eval()
+    assert enc.backbone.conv1.kernel_size == (kernel,) * 3
+    assert enc.backbone.conv1.weight.shape == (4, 2, kernel, kernel, kernel)
+    with torch.no_grad():
+        _, grids = enc(torch.rand(1, 2, *size))
+    assert grids == stage_grid_shapes(size)
+
+
+@pytest.mark.parametrize("kernel", [0, 4, -3])
+def test_stem_kernel_must_be_odd_and_positive(kernel):
+    with pytest.raises(ValueError, match="stem_kernel"):
+        ResNet3dBackbone("debug", 4, stem_kernel=kernel)
+
+
 @pytest.mark.parametrize(
     "depth, channels",
     [("debug", (8, 16, 32, 64)), (18, (8, 16, 32, 64)), (34, (8, 16, 32, 64)), (50, (32, 64, 128, 256))],

@@ -77,6 +77,9 @@ def test_build_from_model_spec():
     assert model.encoder.backbone.stage_channels == (8, 16, 32, 64)
     assert model.pooling.query.shape == (5, 32) and model.pooling.proj_weight.shape == (5, 32, 24)
     assert model.encoder.backbone.gradient_checkpointing
+    assert model.encoder.backbone.conv1.kernel_size == (7, 7, 7)  # the paper's stem by default
+    small = build_vision_model(spec.model_copy(update={"stem_kernel": 3}), num_anatomies=5)
+    assert small.encoder.backbone.conv1.kernel_size == (3, 3, 3)
 
 
 def test_window_channels_clip_each_window():
