@@ -50,10 +50,10 @@ def test_flags_equal_naive_block_definition(size, m, density, strides):
     assert 0 < flags[0].sum() < flags[0].numel()  # the finest level is not all-False / all-True
 
 
-def test_chunked_one_hot_equals_unchunked():
-    mask = _sparse_mask(2, (20, 37, 45), 5, 0.003, seed=2)
+def test_chunked_scatter_equals_unchunked():
+    mask = _sparse_mask(3, (20, 37, 45), 5, 0.003, seed=2)
     whole = anatomy_token_flags(mask, 5)
-    chunked = anatomy_token_flags(mask, 5, chunk_voxels=1)  # one anatomy per chunk
+    chunked = anatomy_token_flags(mask, 5, chunk_voxels=1)  # one sample per chunk
     assert all(torch.equal(a, b) for a, b in zip(whole, chunked))
 
 
