@@ -132,7 +132,7 @@ def evaluate(spec, task, train, test, probe: bool) -> dict:
 def table() -> str:
     runs = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
     lines = ["# Phase-2 zero-shot AUC per wall-clock budget (bench/alignment_budget.py)", "",
-             "One process, 2 torch threads, the 2-core CPU machine; test split of the 300-study demo corpus.",
+             "One process, 2 torch threads, the 2-core CPU machine; test split of the 300-study demo corpus (the n900 rows: 900 studies).",
              "Overrides apply to jobs/specs/demo.yaml of the commit that wrote the row; rows with a",
              "`producer` field came from the script's prototype (same task, optimiser and evaluation code).", "",
              "| tag | overrides | phase-1 s | phase-2 s | phase-2 steps | zero-shot macro AUC | probe macro AUC |",
