@@ -21,26 +21,22 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "platform"))
+sys.path[:0] = [str(ROOT / "platform"), str(ROOT)]
 
+from bench.alignment_budget import load_split  # noqa: E402
+from bench.zeroshot_diagnosis import column_aucs  # noqa: E402
 from ctvlp.config import load_spec  # noqa: E402
 from ctvlp.data.augment import random_crop  # noqa: E402
-from ctvlp.data.codec import decode_sample  # noqa: E402
 from ctvlp.models.visd import build_vision_model  # noqa: E402
 
 
-def load_split(run: Path, split: str, crop: tuple[int, int, int], names: list[str], seed: int):
+def stacked_crops(run: Path, split: str, crop: tuple[int, int, int], names: list[str], seed: int):
     """Stacked crops of one split: image uint8 [S, 1, D, H, W], mask int64 [S, D, H, W], labels [S, K]."""
-    rows = [r for f in sorted((run / "shards" / "data").glob(f"{split}-*.parquet")) for r in pq.read_table(f).to_pylist()]
-    if not rows:
-        raise FileNotFoundError(f"no {split} shards under {run / 'shards' / 'data'}")
-    samples = [decode_sample(r) for r in rows]
+    samples = load_split(run / "shards", split)
     rng = np.random.default_rng(seed)
     crops = [random_crop(s["image"], s["mask"], crop, rng) for s in samples]
     image = torch.from_numpy(np.stack([c[0] for c in crops]))[:, None]
@@ -71,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     diseases = spec.eval.disease_list(spec.data)
     names, cols = [d.name for d in diseases], [anatomies.index(d.anatomy) for d in diseases]
     crop = tuple(spec.data.crop_size)
-    x_tr, m_tr, y_tr = load_split(run, "train", crop, names, 0)
-    x_te, m_te, y_te = load_split(run, "test", crop, names, 1)
+    x_tr, m_tr, y_tr = stacked_crops(run, "train", crop, names, 0)
+    x_te, m_te, y_te = stacked_crops(run, "test", crop, names, 1)
 
     model = build_vision_model(spec.model, len(anatomies), hu_window=spec.data.hu_window)
     head = torch.nn.Linear(spec.model.embed_dim, len(names))
@@ -87,16 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        steps, losses = steps + 1, losses + [float(loss)]
+        steps += 1
+        losses.append(loss.item())
     model.eval()
     with torch.no_grad():
         scores = torch.cat([logits(model, head, x_te[i : i + 32], m_te[i : i + 32], cols)
                             for i in range(0, len(x_te), 32)]).numpy()
-    auc = {}
-    for k, n in enumerate(names):
-        ok = ~np.isnan(y_te[:, k].numpy())
-        y = y_te[ok, k].numpy().astype(int)
-        auc[n] = float(roc_auc_score(y, scores[ok, k])) if 0 < y.sum() < len(y) else None
+    auc = dict(zip(names, column_aucs(scores, y_te.numpy())))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

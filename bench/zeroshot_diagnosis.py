@@ -24,24 +24,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from sklearn.metrics import roc_auc_score
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "platform"))
+sys.path[:0] = [str(ROOT / "platform"), str(ROOT)]
 
-from ctvlp.data.codec import decode_sample  # noqa: E402
+from bench.alignment_budget import load_split  # noqa: E402
 from ctvlp.eval.embed import EvalModel, embed_studies  # noqa: E402
 from ctvlp.eval.probe import ProbeSet, fit_probe  # noqa: E402
 from ctvlp.eval.zeroshot import PromptBank, label_matrix, pair_probability  # noqa: E402
-
-
-def load_split(run: Path, split: str) -> list[dict]:
-    files = sorted((run / "shards" / "data").glob(f"{split}-*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no {split} shards under {run / 'shards' / 'data'}")
-    return [decode_sample(r) for f in files for r in pq.read_table(f).to_pylist()]
 
 
 def text_embeddings(model: EvalModel, samples: list[dict]) -> np.ndarray:
@@ -51,7 +43,7 @@ def text_embeddings(model: EvalModel, samples: list[dict]) -> np.ndarray:
     for j in range(m):
         rows = [i for i, s in enumerate(samples) if s["texts"][j]]
         if rows:
-            out[rows, j] = PromptBank._encode(model, [samples[i]["texts"][j] for i in rows], j).numpy()
+            out[rows, j] = PromptBank.encode_texts(model, [samples[i]["texts"][j] for i in rows], j).numpy()
     return out
 
 
@@ -91,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     bank = PromptBank(model, diseases)
     names, roi = bank.names, model.spec.data.eval_window
     anatomy_index = [bank.anatomy_index[n] for n in names]
-    split = {s: load_split(run, s) for s in ("train", "test")}
+    split = {s: load_split(run / "shards", s) for s in ("train", "test")}
     labels = {s: label_matrix([x["disease_labels"] for x in v], names) for s, v in split.items()}
     image = {s: embed_studies(model, v, roi) for s, v in split.items()}
     text = {s: text_embeddings(model, v) for s, v in split.items()}

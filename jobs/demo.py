@@ -31,7 +31,7 @@ import pandas as pd  # noqa: E402
 from jobs.common import REPO_ROOT  # noqa: E402
 
 DEFAULT_SPEC = REPO_ROOT / "jobs" / "specs" / "demo.yaml"
-# 900 studies (~585 in train), and the spec's epochs sized to keep the optimiser steps of 300
+# 900 studies (~530 in train), and the spec's epochs sized to keep the optimiser steps of 300
 # studies: at an equal step budget more distinct studies generalise better (macro AUC 0.840 with
 # 300, 0.855 with 600, 0.864 with 900) for ~100 s more of corpus and ingest
 # (bench/results/demo_quality.md).

@@ -75,13 +75,14 @@ class PromptBank:
             if not d.prompts or any(len(pair) != 2 for pair in d.prompts):
                 raise ValueError(f"disease {d.name!r}: prompts must be a non-empty list of (negative, positive)")
             self.anatomy_index[d.name] = model.anatomies.index(d.anatomy)
-            self.prompts[d.name] = self._encode(model, [t for pair in d.prompts for t in pair],
+            self.prompts[d.name] = self.encode_texts(model, [t for pair in d.prompts for t in pair],
                                                 self.anatomy_index[d.name]).view(len(d.prompts), 2, -1)
         self.tau = float(model.parts["text"].temperature())
 
     @staticmethod
     @torch.no_grad()
-    def _encode(model: EvalModel, texts: list[str], anatomy: int) -> torch.Tensor:
+    def encode_texts(model: EvalModel, texts: list[str], anatomy: int) -> torch.Tensor:
+        """[N, E] text embeddings of ``texts`` through anatomy ``anatomy``'s text query."""
         ids = tokenize_texts(model.tokenizer, texts, model.spec.model.text.max_length)
         pad_id = model.tokenizer.pad_token_id or 0
         ids_NT, mask_NT = pad_batch(ids, pad_id)
