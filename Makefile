@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench golden clean
 
 install: $(STAMP)
 
@@ -38,6 +38,11 @@ test: install
 test-slow: install
 	@# pytest exits 5 when no test is selected: not a failure of the slow tier.
 	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]
+
+# Rewrite tests/golden/ (the golden loss curves): only in a commit that says what changed in
+# training and why (docs/DESIGN.md, "Golden loss curves").
+golden: install
+	$(PY) -m ctvlp.golden --update
 
 bench: install
 	$(PY) bench/run_all.py
