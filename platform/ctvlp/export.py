@@ -40,7 +40,8 @@ def git_commit() -> str:
 def save_parts(
     modules: nn.ModuleDict, parts: tuple[str, ...], out_dir: str | Path, config: dict[str, Any]
 ) -> Path:
-    """Write ``parts`` of ``modules`` to ``out_dir``; ``config`` is stored under ``"spec"``."""
+    """Write ``parts`` of ``modules`` to ``out_dir``; ``config`` is stored under ``"spec"``.
+    Floating tensors are written as float32 whatever dtype the live module holds."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
@@ -49,7 +50,9 @@ def save_parts(
             raise ValueError(f"cannot export part {part!r}: the model has {sorted(modules.keys())}")
         for key, value in modules[part].state_dict().items():
             # clone: safetensors refuses tensors that share storage (tied weights, views)
-            tensors[f"{part}.{key}"] = value.detach().to("cpu").contiguous().clone()
+            value = value.detach().to("cpu").contiguous().clone()
+            # float32 whatever the training precision (docs/DESIGN.md, Precision)
+            tensors[f"{part}.{key}"] = value.float() if value.is_floating_point() else value
     save_file(tensors, str(out / WEIGHTS))
     meta = {"parts": list(parts), "git_commit": git_commit(), "ctvlp_version": ctvlp.__version__}
     (out / CONFIG).write_text(json.dumps({**meta, **config}, indent=2, sort_keys=True))

@@ -32,6 +32,8 @@ from typing import Any, Mapping
 import torch
 import torch.distributed as dist
 
+from ctvlp.precision import bf16_autocast
+
 CKPT_TAG = "ds"  # DeepSpeed checkpoint tag inside every checkpoint directory
 TRAIN_STATE_KEY = "train_state"
 
@@ -53,7 +55,8 @@ class TrainConfig:
         checkpoint_every_epochs: epoch-end checkpoints every this many epochs (and the last).
         max_steps_per_epoch: cap on steps per epoch (debug, tuning); 0 = the whole split.
         zero_stage: DeepSpeed ZeRO stage (1 or 2).
-        bf16: bf16 weights/activations (DeepSpeed's bf16 mode with fp32 master weights).
+        bf16: bf16 compute under autocast on float32 weights (DeepSpeed's ``torch_autocast`` mode;
+            gradients reduced and accumulated in float32): ``ctvlp.precision``.
         channels_last: 5-D conv weights and image batches in ``torch.channels_last_3d`` (GPU:
             ~1.35x on the 3D ResNet in bf16; on CPU it is ~3x slower, so the spec sets it on GPU only).
         seed: base seed; rank r seeds its data augmentation with ``seed + r``.
@@ -186,7 +189,12 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
         "gradient_accumulation_steps": 1,
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": {"stage": cfg.zero_stage},
-        "bf16": {"enabled": cfg.bf16},
+        # Precision contract (ctvlp.precision): float32 weights, bf16 autocast for the forward,
+        # no DeepSpeed-lowered module (so gradients are all-reduced and accumulated in float32;
+        # gloo and NCCL alike), float32 communication.
+        "bf16": {"enabled": False},
+        "torch_autocast": {"enabled": cfg.bf16, "dtype": "bfloat16", "lower_precision_safe_modules": []},
+        "communication_data_type": "fp32",
         "zero_allow_untested_optimizer": True,  # torch AdamW: no fused-Adam JIT build on CPU
         "steps_per_print": 10**9,  # our tracker logs; keep DeepSpeed quiet
         "wall_clock_breakdown": False,
@@ -262,9 +270,15 @@ def to_device(batch: Mapping[str, Any], device: torch.device, float_dtype: torch
     return out
 
 
+def autocast_enabled(engine) -> bool:
+    """Whether the engine was configured for bf16 autocast (``deepspeed_config``'s torch_autocast)."""
+    return bool(engine.torch_autocast_enabled())
+
+
 def train_step(engine, task, batch: Mapping[str, Any], *, channels_last: bool = False) -> dict[str, float]:
-    """One optimiser step: forward through the task, backward of the summed ``*_loss`` terms,
-    clip + AdamW + schedule (DeepSpeed), then ``task.after_step()``.
+    """One optimiser step: forward through the task (under bf16 autocast when the engine says so),
+    backward of the summed ``*_loss`` terms, clip + AdamW + schedule (DeepSpeed), then
+    ``task.after_step()``.
 
     Returns floats: every loss term, ``loss`` (their sum), ``lr`` (of this step), ``grad_norm``
     and the task's metrics.
@@ -272,8 +286,9 @@ def train_step(engine, task, batch: Mapping[str, Any], *, channels_last: bool = 
     missing = [k for k in task.required_keys if k not in batch]
     if missing:
         raise KeyError(f"batch lacks keys {missing} that {type(task).__name__} requires; has {sorted(batch)}")
-    dtype = torch.bfloat16 if engine.bfloat16_enabled() else None
-    losses, metrics = task.training_step(to_device(batch, engine.device, dtype, channels_last))
+    batch = to_device(batch, engine.device, None, channels_last)
+    with bf16_autocast(engine.device, enabled=autocast_enabled(engine)):
+        losses, metrics = task.training_step(batch)
     terms = {k: v for k, v in losses.items() if k.endswith("_loss")}
     if not terms:
         raise ValueError(f"training_step returned no '*_loss' entries (got {sorted(losses)})")

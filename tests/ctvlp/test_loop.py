@@ -66,7 +66,10 @@ def test_deepspeed_config_splits_the_global_batch():
     cfg = TrainConfig(epochs=1, global_batch_size=12, lr=1e-3, zero_stage=2, grad_clip=0.5, bf16=True)
     ds = deepspeed_config(cfg, world_size=4)
     assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["train_batch_size"] == 12
-    assert ds["zero_optimization"] == {"stage": 2} and ds["bf16"] == {"enabled": True}
+    assert ds["zero_optimization"] == {"stage": 2}
+    # bf16 = autocast on float32 weights, float32 gradient communication (ctvlp.precision)
+    assert ds["bf16"] == {"enabled": False} and ds["torch_autocast"]["enabled"] is True
+    assert ds["torch_autocast"]["lower_precision_safe_modules"] == [] and ds["communication_data_type"] == "fp32"
     assert ds["gradient_clipping"] == 0.5 and ds["zero_allow_untested_optimizer"] is True
     with pytest.raises(ValueError, match="multiple of resources.num_workers"):
         deepspeed_config(cfg, world_size=5)

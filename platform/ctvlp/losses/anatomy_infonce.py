@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ctvlp import dist
+from ctvlp.precision import float32_compute
 
 __all__ = ["anatomy_infonce_loss", "text_identity_keys", "check_pair_inputs"]
 
@@ -111,6 +112,7 @@ def _targets(valid: torch.Tensor, abnormal: torch.Tensor, text_key: torch.Tensor
     return t / t.sum(-1, keepdim=True).clamp_min(1.0)
 
 
+@float32_compute  # logits / tau and the cross-entropy in float32 (docs/DESIGN.md, Precision)
 def anatomy_infonce_loss(
     img: torch.Tensor,
     txt: torch.Tensor,

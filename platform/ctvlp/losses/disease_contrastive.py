@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ctvlp import dist
 from ctvlp.losses.anatomy_infonce import check_pair_inputs
+from ctvlp.precision import float32_compute
 
 __all__ = ["disease_contrastive_loss", "disease_positive_mask"]
 
@@ -48,6 +49,7 @@ def disease_positive_mask(valid: torch.Tensor, abnormal: torch.Tensor) -> torch.
     return (eye & v[:, :, None]) | (normal[:, :, None] & normal[:, None, :])
 
 
+@float32_compute  # logits / tau and the cross-entropy in float32 (docs/DESIGN.md, Precision)
 def disease_contrastive_loss(
     q: torch.Tensor,
     k: torch.Tensor,

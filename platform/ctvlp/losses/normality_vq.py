@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from ctvlp.models.vqvae import VQOutput, masked_mse
+from ctvlp.precision import float32_compute
 
 __all__ = ["select_normal", "normality_vq_loss"]
 
@@ -45,6 +46,7 @@ def select_normal(tokens: torch.Tensor, token_mask: torch.Tensor, anatomy: torch
     return tokens[keep], token_mask[keep], anatomy[keep]
 
 
+@float32_compute  # the MSE terms in float32 (docs/DESIGN.md, Precision)
 def normality_vq_loss(out: VQOutput, tokens: torch.Tensor, beta: float = 0.25,
                       space: str = "feature") -> dict[str, torch.Tensor]:
     """Eq. (3) from a VQ-VAE forward on normal instances.

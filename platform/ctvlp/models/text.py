@@ -254,8 +254,8 @@ class TextEncoder(nn.Module):
             sub_ids, sub_mask = trim_padding(ids[rows], mask[rows])
             with torch.no_grad():
                 states = self.backbone(input_ids=sub_ids, attention_mask=sub_mask).last_hidden_state
-            for j, i in enumerate(missing):
-                fresh[keys[i]] = states[j, : lengths[i]]
+            for j, i in enumerate(missing):  # stored float32 whatever the autocast dtype (Precision)
+                fresh[keys[i]] = states[j, : lengths[i]].float()
         hidden = ids.new_zeros((*ids.shape, self.hidden_size), dtype=self.proj.weight.dtype)
         for i, key in enumerate(keys):
             state = fresh.get(key)

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ctvlp import dist
+from ctvlp.precision import float32_compute
 
 __all__ = ["VQConfig", "AnatomyEMAQuantizer", "usage_counts", "perplexity"]
 
@@ -138,6 +139,7 @@ class AnatomyEMAQuantizer(nn.Module):
         return self.codebook.view(-1, self.cfg.code_dim)[flat]
 
     @torch.no_grad()
+    @float32_compute  # distances to the codes in float32: bf16 would pick wrong codes
     def nearest(self, z: torch.Tensor, anatomy: torch.Tensor) -> torch.Tensor:
         """Flat index [N, L] of the nearest code (L2) to each z [N, L, C]."""
         z = z.float()
@@ -150,6 +152,7 @@ class AnatomyEMAQuantizer(nn.Module):
         d = e.pow(2).sum(-1) - 2 * torch.einsum("nlc,kc->nlk", z, e)  # [N, L, M*K]
         return d.argmin(-1)
 
+    @float32_compute  # codebook search, EMA statistics and commitment in float32
     def forward(self, z: torch.Tensor, mask: torch.Tensor, anatomy: torch.Tensor, update: bool):
         """Quantise z [N, L, C] (mask [N, L] bool, anatomy [N]).
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from ctvlp.config import JobSpec, settable_dict
 from ctvlp.export import load_part, save_parts
+from ctvlp.models.text import LearnableTemperature
 
 Losses = dict[str, torch.Tensor]
 Metrics = dict[str, float]
@@ -39,7 +40,12 @@ class Task:
         raise NotImplementedError
 
     def after_step(self) -> None:
-        """Called after each optimiser step (e.g. momentum-encoder EMA). No-op by default."""
+        """Called after each optimiser step: projects every learnable temperature back into its
+        [min, max] (fVLM clamps after each step; ``LearnableTemperature``). Subclasses that add
+        work (the momentum EMA) call this first."""
+        for m in self.module.modules():
+            if isinstance(m, LearnableTemperature):
+                m.clamp_()
 
     def train(self, mode: bool = True) -> "Task":
         """Train mode for trainable parts; frozen parts stay in eval mode (no dropout/EMA)."""

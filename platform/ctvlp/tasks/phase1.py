@@ -73,4 +73,5 @@ class DiseaseContrastiveTask(Task):
         return {"disease_loss": loss}, metrics
 
     def after_step(self) -> None:
+        super().after_step()
         self.module["momentum"].update(self.module["vision"])
