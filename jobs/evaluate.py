@@ -84,7 +84,8 @@ class ZeroShotPredictor:
     """
 
     def __init__(self, model_uri: str, diseases: list[dict], roi: tuple, batch_size: int,
-                 activation_samples: int, storage: Storage, num_threads: int = 1) -> None:
+                 activation_samples: int, storage: Storage, num_threads: int = 1,
+                 bf16: str | bool = "auto") -> None:
         import torch
 
         from ctvlp.config import DiseaseSpec
@@ -93,7 +94,10 @@ class ZeroShotPredictor:
 
         torch.set_num_threads(max(1, num_threads))
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = EvalModel.from_export(fetch_export(model_uri, storage), device)
+        from ctvlp.precision import resolve_bf16
+
+        self.model = EvalModel.from_export(fetch_export(model_uri, storage), device,
+                                           bf16=resolve_bf16(bf16, device == "cuda"))
         self.diseases = [DiseaseSpec(**d) for d in diseases]
         self.bank = PromptBank(self.model, self.diseases) if self.model.has_text else None
         self.roi, self.batch_size, self.k = tuple(roi), batch_size, activation_samples
@@ -142,7 +146,7 @@ def infer_splits(spec: Any, model_uri: str, splits: list[str], activation_sample
         ZeroShotPredictor, batch_size=spec.eval.batch_size, batch_format="numpy",
         fn_constructor_kwargs=dict(model_uri=model_uri, diseases=diseases, roi=tuple(spec.data.eval_window),
                                    batch_size=spec.eval.batch_size, activation_samples=activation_samples,
-                                   storage=storage, num_threads=int(res.cpus_per_worker)),
+                                   storage=storage, num_threads=int(res.cpus_per_worker), bf16=res.bf16),
         concurrency=res.num_workers, num_cpus=res.cpus_per_worker,
         num_gpus=res.gpus_per_worker if res.use_gpu else 0,
     )

@@ -68,6 +68,15 @@ def float32_compute(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def resolve_bf16(setting: str | bool, cuda: bool) -> bool:
+    """``resources.bf16`` ("auto" | bool) on a device: "auto" is on exactly where CUDA is."""
+    if setting == "auto":
+        return bool(cuda)
+    if not isinstance(setting, bool):
+        raise ValueError(f"resources.bf16 must be 'auto', true or false, got {setting!r}")
+    return setting
+
+
 def bf16_autocast(device: torch.device | str, enabled: bool) -> contextlib.AbstractContextManager:
     """The training and evaluation forward's autocast region (a no-op when not ``enabled``)."""
     device_type = torch.device(device).type

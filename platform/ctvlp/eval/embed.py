@@ -48,6 +48,7 @@ from ctvlp.models.resnet3d import STAGE_STRIDES
 from ctvlp.models.text import build_text_encoder, build_tokenizer
 from ctvlp.models.visd import build_vision_model
 from ctvlp.models.vqvae import build_vqvae
+from ctvlp.precision import bf16_autocast
 
 DIVISOR: tuple[int, int, int] = STAGE_STRIDES[-1]  # (16, 32, 32): the level-4 token stride
 Vec3 = tuple[int, int, int]
@@ -176,17 +177,19 @@ class EvalModel:
     (+ vqvae + perception: boosted embeddings) serve zero-shot diagnosis too.
     """
 
-    def __init__(self, spec: Any, parts: dict[str, torch.nn.Module], phase: int, device: str = "cpu"):
+    def __init__(self, spec: Any, parts: dict[str, torch.nn.Module], phase: int, device: str = "cpu",
+                 bf16: bool = False):
         if "vision" not in parts:
             raise ValueError(f"an evaluation model needs a 'vision' part, got {sorted(parts)}")
         self.spec, self.phase, self.device = spec, phase, torch.device(device)
+        self.bf16 = bool(bf16)  # forward passes under bf16 autocast (float32 weights; ctvlp.precision)
         self.anatomies = list(spec.data.anatomies)
         self.parts = {k: m.to(self.device).eval().requires_grad_(False) for k, m in parts.items()}
         self.boosted = "vqvae" in parts and "perception" in parts
         self.tokenizer = build_tokenizer(spec.model.text.name_or_path) if "text" in parts else None
 
     @classmethod
-    def from_export(cls, export_dir: str | Path, device: str = "cpu") -> EvalModel:
+    def from_export(cls, export_dir: str | Path, device: str = "cpu", bf16: bool = False) -> EvalModel:
         """Rebuild the model parts of a local export directory from its embedded spec."""
         config = read_config(export_dir)
         spec = spec_from_dict(config["spec"])
@@ -203,7 +206,11 @@ class EvalModel:
                 raise ValueError(f"export {export_dir} has part {name!r}; evaluation knows {sorted(builders)}")
             parts[name] = builders[name]()
             load_part(parts[name], name, export_dir)
-        return cls(spec, parts, int(config.get("phase", 0)), device)
+        return cls(spec, parts, int(config.get("phase", 0)), device, bf16)
+
+    def autocast(self):
+        """The forward's precision region: bf16 autocast when ``self.bf16``, else a no-op."""
+        return bf16_autocast(self.device, self.bf16)
 
     @property
     def has_text(self) -> bool:
@@ -219,16 +226,19 @@ class EvalModel:
             anatomy) and "flags4" [B, M, L4] bool.
         """
         image, mask = image.to(self.device), mask.to(self.device)
-        if not self.boosted:
-            out = self.parts["vision"](image, mask)
-            return {"embeds": out["embeds"], "valid": out["valid"]}
-        out = boosted_forward(self.parts["vision"], self.parts["vqvae"], self.parts["perception"], image, mask)
+        with self.autocast():
+            if not self.boosted:
+                out = self.parts["vision"](image, mask)
+                return {"embeds": out["embeds"].float(), "valid": out["valid"]}
+            out = boosted_forward(self.parts["vision"], self.parts["vqvae"], self.parts["perception"], image, mask)
+        out["embeds"] = out["embeds"].float()
         return {k: out[k] for k in ("embeds", "valid", "orig4", "boosted4", "flags4")}
 
     @torch.no_grad()
     def code_indices(self, tokens: torch.Tensor, flags: torch.Tensor, anatomy: torch.Tensor) -> torch.Tensor:
         """VQ-VAE code of each level-4 token: tokens [B, L4, C], flags [B, L4], anatomy [B] -> [B, L4]."""
-        return self.parts["vqvae"].encode_indices(tokens, flags, anatomy.to(tokens.device))
+        with self.autocast():
+            return self.parts["vqvae"].encode_indices(tokens, flags, anatomy.to(tokens.device))
 
     @property
     def num_codes(self) -> int:

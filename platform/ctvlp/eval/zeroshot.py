@@ -87,7 +87,9 @@ class PromptBank:
         pad_id = model.tokenizer.pad_token_id or 0
         ids_NT, mask_NT = pad_batch(ids, pad_id)
         which = torch.full((len(texts),), anatomy, dtype=torch.long, device=model.device)
-        return model.parts["text"](ids_NT.to(model.device), mask_NT.to(model.device), which).float().cpu()
+        with model.autocast():
+            out = model.parts["text"](ids_NT.to(model.device), mask_NT.to(model.device), which)
+        return out.float().cpu()
 
     def score(self, emb: StudyEmbeddings) -> np.ndarray:
         """Scores [S, D] (columns in ``self.names`` order); NaN where the anatomy is absent."""

@@ -6,7 +6,8 @@ MLP and pools each anatomy over its level 1-3 tokens plus *its own* boosted leve
 
 Why the extended key set: the boosted tokens are anatomy-specific (anatomy j's MLP), so they
 cannot be shared keys. We append them as ``M x L4`` extra keys, each visible to its anatomy
-only (a block-diagonal flag), and reuse the batched masked pooling unchanged. At the paper's
+only (a block-diagonal flag), and reuse the batched masked pooling unchanged, level by level
+(``AnatomyQueryPooling`` takes a list of levels and never concatenates their tokens). At the paper's
 size (L4 = 576, M = 36) that adds ~20K keys to ~360K shared ones, versus padding every
 anatomy's full token set (tens of GB). Levels 1-3 enter unchanged: in the released model their
 "reconstruction" is the original token, and the VQ-VAE models level 4 only.
@@ -94,8 +95,10 @@ def boosted_forward(vision: VisionModel, vqvae: NormalityVQVAE, perception: Abno
     recon = reconstruct_level4(vqvae, tok4.detach(), flags4)  # [B, M, L4, C]
     orig = tok4[:, None].expand(b, m, l4, tok4.shape[-1])
     boosted = perception.forward_dense(orig, recon.to(orig.dtype))  # [B, M, L4, C]
-    keys = torch.cat([*tokens[:-1], boosted.reshape(b, m * l4, -1)], dim=1)
-    key_flags = torch.cat([*flags[:-1], block_diagonal_flags(flags4)], dim=-1)
+    # Levels pooled as a list, as phase 2 does: concatenating the level 1-3 tokens with the boosted
+    # keys would copy every token of the crop once more (~1e9 elements at B = 12, 96x256x384).
+    keys = [*tokens[:-1], boosted.reshape(b, m * l4, -1)]
+    key_flags = [*flags[:-1], block_diagonal_flags(flags4)]
     pooled = vision.pooling(keys, key_flags)
     return {"embeds": pooled["embeds"], "valid": pooled["valid"], "intact": enc["intact"],
             "boosted4": boosted, "orig4": tok4, "flags4": flags4}
