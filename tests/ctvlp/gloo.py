@@ -16,6 +16,8 @@ import torch.multiprocessing as mp
 
 def _entry(rank: int, fn, init_file: str, world: int, args: tuple) -> None:
     torch.set_num_threads(1)  # two ranks on a shared 2-core machine
+    if dist.is_initialized():  # inherited through fork from a test process that holds a group
+        dist.destroy_process_group()
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         fn(rank, world, *args)
