@@ -16,6 +16,9 @@ The VQ-VAE is frozen and run without autograd: gradients of the alignment loss r
 encoder through the original tokens and the perception MLP, not through the reconstruction.
 
 Legend: B batch, M anatomies, L4 level-4 tokens, C token dim, E embed dim, N instances.
+
+Precision (docs/DESIGN.md): the frozen VQ-VAE reconstruction runs without autograd (its quantiser
+in float32); the perception MLP and pooling compute in bf16 under autocast.
 """
 
 from __future__ import annotations

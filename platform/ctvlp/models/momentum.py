@@ -6,6 +6,10 @@ ViSD-Boost does not state the momentum; its released ``VISDBOOST.__init__`` carr
 Built on ``torch.optim.swa_utils.AveragedModel`` (the PyTorch EMA utility) rather than a
 hand-written loop. Two details differ from its defaults, for the reasons given inline:
 the first update is already an EMA step, and integer buffers are copied, not averaged.
+
+Precision (docs/DESIGN.md): the EMA copy is float32 like every weight (no DeepSpeed bf16 mode),
+because one update at d = 0.995 moves a weight by ~5e-5 of itself, below bf16's resolution
+(2^-8); the update runs after the optimiser step, outside autocast.
 """
 
 from __future__ import annotations

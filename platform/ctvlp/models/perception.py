@@ -12,6 +12,8 @@ In the released model only the level-4 part of q differs from f (levels 1-3 pass
 tokens as their own "reconstruction"); the caller builds ``recon`` accordingly.
 
 Legend: M anatomies, C token channels, B batch, L tokens.
+
+Precision (docs/DESIGN.md): float32 weights; the per-anatomy MLP computes in bf16 under autocast.
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ mask is opened to all keys before the softmax so that no NaN enters the forward 
 
 Shape legend: B batch, M anatomies, L tokens (all levels), C token dim, E embed dim, h heads,
 d head dim.
+
+Precision (docs/DESIGN.md): float32 weights; under bf16 autocast the logits and weighted sums are
+bf16 matmuls and the masked softmax runs as autocast chooses (float32 on CUDA); embeddings are
+L2-normalised here and the losses recompute their logits in float32.
 """
 
 from __future__ import annotations

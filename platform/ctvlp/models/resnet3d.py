@@ -22,6 +22,9 @@ Differences from the released code (documented, deliberate):
   that BatchNorm running statistics are updated again during recomputation (a known, minor effect).
 
 Shape legend: B batch, C channels, D/H/W spatial, L tokens.
+
+Precision (docs/DESIGN.md): float32 weights and BatchNorm statistics; under bf16 autocast the
+convolutions compute in bf16 and the tokens come out bf16.
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ log-parameterised logit scale), clamped to [min, max] as fVLM does every step
 ``clamp_()`` projects the stored parameter (call it after each optimiser step).
 
 Shape legend: N texts, T tokens, H hidden, E embed dim, M anatomies.
+
+Precision (docs/DESIGN.md): float32 weights; the backbone, pooling and projection compute in bf16
+under autocast; the temperature is a float32 parameter clamped after each optimiser step
+(``Task.after_step``); the hidden-state cache stores float32.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ the finest flag grid by scattering each voxel's (anatomy, block) pair, in sample
 the next one and ceil(ceil(n/a)/b) = ceil(n/(ab))). No loop over samples or single anatomies.
 
 Shape legend: B batch, M anatomies, L tokens, D/H/W voxels.
+
+Precision (docs/DESIGN.md): integer and boolean flags only; no floating state.
 """
 
 from __future__ import annotations

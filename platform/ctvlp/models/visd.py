@@ -19,6 +19,9 @@ concat(original, VQ-VAE reconstruction). It must return a list of the same shape
 channels before the encoder (``WindowChannels``), e.g. the full window plus a soft-tissue one.
 
 Shape legend: B batch, M anatomies, L tokens, C token dim, E embed dim.
+
+Precision (docs/DESIGN.md): float32 weights; the encoder and pooling compute in bf16 under the
+loop's autocast; ``embeds`` may be bf16 there, and every loss casts to float32 on entry.
 """
 
 from __future__ import annotations

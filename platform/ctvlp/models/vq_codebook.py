@@ -22,6 +22,10 @@ EMA update, per code (m, k), from the V real vectors of the step assigned to it:
 * Optional dead-code restart (``dead_code_threshold > 0``, off by default, not in the release):
   a code of an updated anatomy whose smoothed count is below the threshold is replaced by a
   random vector of that anatomy from the step, the same vector on every rank.
+
+Precision (docs/DESIGN.md): the codebook and its EMA statistics are float32 buffers and every
+computation here runs outside autocast in float32 (``float32_compute``): bf16 distances would
+pick wrong codes and bf16 EMA sums would stall.
 """
 
 from __future__ import annotations

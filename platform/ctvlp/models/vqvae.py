@@ -25,6 +25,10 @@ cross-rank sync differs from the explicit all-reduce below; (b) ``nn.Transformer
 ties the head width to D/heads (cannot express 16 x 64 on D=768) and MONAI's ``SABlock`` applies
 attention dropout even in eval mode on its SDPA path. The attention uses
 ``F.scaled_dot_product_attention``.
+
+Precision (docs/DESIGN.md): float32 weights; ``normalize`` works in float32; the transformers and
+projections compute in bf16 under autocast; the quantiser (codebook search, EMA, commitment) and
+the reconstruction MSE run in float32 (``ctvlp.precision.float32_compute``).
 """
 
 from __future__ import annotations
