@@ -1,7 +1,7 @@
 """The Ray-free training core: schedule, DeepSpeed engine, one train step, resumable state.
 
 Used by the Ray Train runner (``jobs/runner.py``, one process per worker) and by the GPU
-benchmark (``bench/train_step_gpu.py``, one process, no Ray). Nothing here knows which phase
+GPU acceptance script (``bench/gpu_acceptance.py``, one process, no Ray). Nothing here knows which phase
 it trains: a phase is a ``Task`` (``ctvlp.tasks``) with ``module``, ``required_keys``,
 ``training_step(batch) -> (losses, metrics)``, ``after_step()`` and ``export(dir)``; the loss
 that is optimised is the sum of the entries of ``losses`` whose key ends with ``_loss``.
