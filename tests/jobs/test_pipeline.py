@@ -45,3 +45,32 @@ def _fresh_export(tmp_path: Path) -> Path:
     out = tmp_path / "fresh"
     ToyTask(seed=0).export(out)
     return out
+
+
+@pytest.mark.slow
+def test_debug_pipeline_in_bf16_with_zero2_on_two_workers(ray_session, tmp_path):
+    """The GPU path's configuration on CPU: phases 1-4 of the debug spec with resources.bf16=true
+    and ZeRO-2 on two Ray Train workers (gloo), real tasks on shards; every export float32."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from ctvlp.config import load_spec
+    from jobs.pipeline import run_pipeline
+    from tests.jobs.shards import write_tiny_shards
+
+    spec = load_spec("jobs/specs/debug.yaml", [
+        f"storage.root={tmp_path / 'runs'}", f"data.shards_uri={tmp_path / 'shards'}", "name=bf16z2",
+        "data.grouping=chest", "resources.bf16=true", "resources.zero_stage=2", "resources.num_workers=2",
+        "resources.cpus_per_worker=0.5",  # a CPU left for Ray Data on the 2-CPU test cluster
+        *[f"phases.phase{p}.max_steps_per_epoch=2" for p in (1, 2, 3, 4)]])
+    write_tiny_shards(spec.data.shards_uri, num_studies=16, num_anatomies=spec.data.num_anatomies,
+                      shape=(40, 44, 44), studies_per_shard=4)
+    results = run_pipeline(spec)
+    assert sorted(results) == [1, 2, 3, 4]
+    for phase, result in results.items():
+        tensors = load_file(str(Path(result.export_uri) / "model.safetensors"))
+        assert tensors and all(t.dtype == torch.float32 for t in tensors.values() if t.is_floating_point()), phase
+        meta = json.loads((Path(result.checkpoint_uri) / "meta.json").read_text())
+        assert meta["train_config"]["bf16"] is True and meta["train_config"]["zero_stage"] == 2, phase
+        assert meta["train_state"]["step"] == 2, phase
