@@ -352,7 +352,9 @@ class EvalSpec(Strict):
 
     split: Literal["valid", "test"] = "test"
     model: str | None = "phase4"  # an export URI, or a phase reference the pipeline resolves
-    diseases: Literal["auto", "synthetic", "ctrate"] | list[DiseaseSpec] = "auto"
+    # auto = the data preset's catalogue (ctrate-chest: "ctrate", CT-RATE's 18 labels); "ctrate-table1"
+    # = the paper's Table 1 subset of 16 (docs/DESIGN.md, "CT-RATE"); or an explicit list
+    diseases: Literal["auto", "synthetic", "ctrate", "ctrate-table1"] | list[DiseaseSpec] = "auto"
     threshold_protocol: Literal["evaluated", "held-out"] = "evaluated"
     bootstrap_samples: NonNegInt = 1000
     batch_size: PosInt = 8

@@ -101,7 +101,10 @@ def test_resolved_spec_round_trips(tmp_path):
 def test_eval_disease_presets_follow_grouping():
     chest = load_spec()
     names = [d.name for d in chest.eval.disease_list(chest.data)]
-    assert len(names) == 16 and "Emphysema" in names
+    assert len(names) == 18 and {"Emphysema", "Medical material", "Lymphadenopathy"} <= set(names)
+    table1 = load_spec(None, ["eval.diseases=ctrate-table1"])
+    names16 = [d.name for d in table1.eval.disease_list(table1.data)]
+    assert names16 == [n for n in names if n not in ("Medical material", "Lymphadenopathy")]
     demo = load_spec(None, ["data.preset=demo"])
     assert {d.anatomy for d in demo.eval.disease_list(demo.data)} == set(demo.data.anatomies)
 
