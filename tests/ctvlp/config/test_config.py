@@ -109,6 +109,14 @@ def test_eval_disease_presets_follow_grouping():
     assert {d.anatomy for d in demo.eval.disease_list(demo.data)} == set(demo.data.anatomies)
 
 
+def test_exclude_volumes_default_empty_and_blank_refused():
+    assert load_spec().data.exclude_volumes == []
+    spec = load_spec(None, ["data.exclude_volumes=[train_1267_a_4, train_11755_a_3.nii.gz]"])
+    assert spec.data.exclude_volumes == ["train_1267_a_4", "train_11755_a_3.nii.gz"]
+    with pytest.raises(SpecError, match="exclude_volumes"):
+        load_spec(None, ["data.exclude_volumes=['', x]"])
+
+
 def test_credentials_have_no_field():
     with pytest.raises(SpecError, match="unknown key"):
         spec_from_dict({"storage": {"aws_secret_access_key": "x"}})
