@@ -1,5 +1,19 @@
 """The ingest manifest: one row per input study, built from CT-RATE's layout or read from a file.
 
+CT-RATE as published (Hugging Face ``ibrahimhamamci/CT-RATE``): everything under ``dataset/``::
+
+    dataset/{train,valid}/<patient>/<study>/<volume>.nii.gz
+    dataset/radiology_text_reports/{train,validation}_reports.csv      (or .xlsx)
+    dataset/metadata/{train,validation}_metadata.csv                   (or .xlsx)
+    dataset/multi_abnormality_labels/{train,valid}_predicted_labels.csv (or .xlsx)
+
+:func:`from_ctrate` takes the download root (the folder holding ``dataset/``) or ``dataset/``
+itself, local or ``s3://``. Supplied masks, which CT-RATE does not ship, live beside ``dataset/``:
+``<mask_dir>/<split>/<patient>/<study>/<volume>.nii.gz``. A split is read when its volume folder
+or any of its tables exists, and then all three tables must exist (a missing one raises
+FileNotFoundError naming the file). The earlier layout with the tables beside ``dataset/`` (which
+only ctvlp's own synthetic corpus wrote) is not read; the error says how to move it.
+
 Normalised columns (all strings; empty string = absent):
 
 ============== ===============================================================================
@@ -11,11 +25,12 @@ image_format   ``nifti`` / ``dicom``
 mask_uri       a NIfTI mask of TotalSegmentator v2 ``total`` ids aligned with the image, or ""
 findings       report findings (or the whole report)
 impression     report impression
-meta           JSON of the metadata-CSV row (CT-RATE header repair); never written to shards
-disease_labels JSON ``{label column: 0/1}`` from the labels CSV, or ``{}``
+meta           JSON of the metadata-table row (CT-RATE header repair); never written to shards
+disease_labels JSON ``{label column: 0/1}`` from the labels table, or ``{}``
 ============== ===============================================================================
 
 Splits stay disjoint by patient: :func:`check_patient_splits` refuses a patient in two splits.
+:func:`split_excluded` takes the spec's known-bad volumes out (the pipeline quarantines them).
 Error messages name study ids only, never patient ids.
 """
 
@@ -25,6 +40,7 @@ import io
 import json
 import posixpath
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -40,13 +56,15 @@ SPLITS = ("train", "valid", "test")
 _SPLIT_ALIASES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "test": "test"}
 # CT-RATE file names: <split>_<patient>_<study letter>_<reconstruction>.nii.gz
 _CTRATE_NAME = re.compile(r"^(?P<split>[a-z]+)_(?P<pid>\d+)_(?P<study>[a-z]+)_(?P<rec>\d+)$")
-# CT-RATE tables per source split: (reports, metadata, labels), relative to the root.
-_CTRATE_TABLES = {
-    "train": ("radiology_text_reports/train_reports.csv", "metadata/train_metadata.csv",
-              "multi_abnormality_labels/train_predicted_labels.csv"),
-    "valid": ("radiology_text_reports/validation_reports.csv", "metadata/validation_metadata.csv",
-              "multi_abnormality_labels/valid_predicted_labels.csv"),
+# CT-RATE tables per source split: (reports, metadata, labels), relative to dataset/, without
+# their extension: each is read from .csv, or from .xlsx when there is no .csv.
+CTRATE_TABLES = {
+    "train": ("radiology_text_reports/train_reports", "metadata/train_metadata",
+              "multi_abnormality_labels/train_predicted_labels"),
+    "valid": ("radiology_text_reports/validation_reports", "metadata/validation_metadata",
+              "multi_abnormality_labels/valid_predicted_labels"),
 }
+TABLE_EXTENSIONS = (".csv", ".xlsx")
 
 
 def strip_ext(name: str) -> str:
@@ -58,9 +76,12 @@ def strip_ext(name: str) -> str:
 
 
 def _read_table(storage: Storage, uri: str) -> pd.DataFrame:
+    """A CSV, Parquet or .xlsx (first sheet) table; CSV and .xlsx cells as strings, "" = empty."""
     data = storage.read_bytes(uri)
     if uri.endswith(".parquet"):
         return pd.read_parquet(io.BytesIO(data))
+    if uri.endswith(".xlsx"):
+        return pd.read_excel(io.BytesIO(data), dtype=str, na_filter=False, engine="openpyxl")
     return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
 
 
@@ -78,14 +99,54 @@ def ctrate_paths(volume_name: str) -> tuple[str, str]:
     return patient, f"{patient}/{study}/{volume_name}.nii.gz"
 
 
-def _ctrate_split(storage: Storage, root: str, src: str, mask_dir: str) -> pd.DataFrame:
-    reports_uri, meta_uri, labels_uri = (join(root, p) for p in _CTRATE_TABLES[src])
-    reports = _read_table(storage, reports_uri) if storage.exists(reports_uri) else pd.DataFrame()
-    meta = _read_table(storage, meta_uri) if storage.exists(meta_uri) else pd.DataFrame()
-    labels = _read_table(storage, labels_uri) if storage.exists(labels_uri) else pd.DataFrame()
-    by_name = lambda df: {strip_ext(r["VolumeName"]): r for r in df.to_dict("records")} if len(df) else {}
-    rep, met, lab = by_name(reports), by_name(meta), by_name(labels)
-    on_disk = {strip_ext(u) for u in storage.list_files(join(root, "dataset", src), ".nii.gz")}
+def ctrate_dataset_dir(storage: Storage, uri: str) -> str:
+    """The ``dataset/`` folder of a CT-RATE download, given the download root or that folder."""
+    nested = join(uri, "dataset")
+    return nested if storage.exists(nested) else uri.rstrip("/")
+
+
+def _find_table(storage: Storage, dataset: str, stem: str) -> str | None:
+    for ext in TABLE_EXTENSIONS:
+        if storage.exists(uri := join(dataset, stem + ext)):
+            return uri
+    return None
+
+
+def _missing_tables_error(storage: Storage, dataset: str, src: str, missing: list[str]) -> FileNotFoundError:
+    expected = ", ".join(join(dataset, stem) + ".csv" for stem in missing)
+    hint = ""
+    beside = posixpath.dirname(dataset)
+    if any(_find_table(storage, beside, stem) for stem in missing):
+        hint = ("; the tables sit beside dataset/ (the layout ctvlp's synthetic corpus wrote before): "
+                "move radiology_text_reports/, metadata/ and multi_abnormality_labels/ into dataset/, "
+                "or regenerate the corpus")
+    return FileNotFoundError(f"CT-RATE split {src!r} has volumes or tables but lacks {expected} "
+                             f"(or .xlsx){hint}")
+
+
+def _split_tables(storage: Storage, dataset: str, src: str) -> list[pd.DataFrame] | None:
+    """``[reports, metadata, labels]`` of one CT-RATE split, or None when the split is absent."""
+    stems = CTRATE_TABLES[src]
+    found = [_find_table(storage, dataset, stem) for stem in stems]
+    if not any(found) and not storage.exists(join(dataset, src)):
+        return None
+    missing = [stem for stem, uri in zip(stems, found) if uri is None]
+    if missing:
+        raise _missing_tables_error(storage, dataset, src, missing)
+    tables = [_read_table(storage, uri) for uri in found]
+    for uri, table in zip(found, tables):
+        if "VolumeName" not in table.columns:
+            raise ValueError(f"{uri} has no 'VolumeName' column (columns: {list(table.columns)[:6]})")
+    return tables
+
+
+def _ctrate_split(storage: Storage, dataset: str, src: str, mask_root: str) -> pd.DataFrame | None:
+    """Manifest rows of one CT-RATE split (``train`` / ``valid``), or None when it is absent."""
+    tables = _split_tables(storage, dataset, src)
+    if tables is None:
+        return None
+    rep, met, lab = ({strip_ext(r["VolumeName"]): r for r in t.to_dict("records")} for t in tables)
+    on_disk = {strip_ext(u) for u in storage.list_files(join(dataset, src), ".nii.gz")}
     names = sorted(set(rep) | set(met) | on_disk)  # a volume known to any source is a study
     rows = []
     for name in names:
@@ -93,8 +154,8 @@ def _ctrate_split(storage: Storage, root: str, src: str, mask_dir: str) -> pd.Da
         r, lb = rep.get(name, {}), lab.get(name, {})
         rows.append({
             "study_id": name, "patient_id": patient, "split": "test" if src == "valid" else "train",
-            "image_uri": join(root, "dataset", src, rel), "image_format": "nifti",
-            "mask_uri": join(root, mask_dir, src, rel) if mask_dir else "",
+            "image_uri": join(dataset, src, rel), "image_format": "nifti",
+            "mask_uri": join(mask_root, src, rel) if mask_root else "",
             "findings": _text(r.get("Findings_EN")), "impression": _text(r.get("Impressions_EN")),
             "meta": json.dumps({k: _text(v) for k, v in met.get(name, {}).items()}),
             "disease_labels": json.dumps({k: int(float(v)) for k, v in lb.items()
@@ -123,12 +184,19 @@ def carve_valid(df: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
 
 def from_ctrate(storage: Storage, root: str, *, valid_fraction: float, seed: int,
                 mask_dir: str = "masks") -> pd.DataFrame:
-    """Manifest of a CT-RATE-layout root (local or s3://). See the module docstring."""
-    parts = [_ctrate_split(storage, root, src, mask_dir) for src in _CTRATE_TABLES]
-    df = pd.concat(parts, ignore_index=True)
+    """Manifest of a CT-RATE download (local or s3://): ``root`` is the folder holding
+    ``dataset/`` or ``dataset/`` itself; masks under ``<mask_dir>`` beside ``dataset/`` ("" =
+    none). See the module docstring."""
+    dataset = ctrate_dataset_dir(storage, root)
+    mask_root = join(posixpath.dirname(dataset), mask_dir) if mask_dir else ""
+    parts = [p for src in CTRATE_TABLES if (p := _ctrate_split(storage, dataset, src, mask_root)) is not None]
+    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
     if df.empty:
-        raise ValueError(f"no CT-RATE studies under {root!r}: expected dataset/, "
-                         "radiology_text_reports/ and metadata/")
+        raise ValueError(
+            f"no CT-RATE studies under {root!r}: expected dataset/train/ or dataset/valid/ with "
+            f"{CTRATE_TABLES['train'][0]}.csv and the other tables under dataset/ (point "
+            "data.source_uri at the download root or at its dataset/ folder)"
+        )
     return carve_valid(df, valid_fraction, seed)
 
 
@@ -171,6 +239,18 @@ def split_duplicates(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(first occurrences, later duplicates)`` by study_id, both in manifest order."""
     dup = df.study_id.duplicated(keep="first")
     return df[~dup].reset_index(drop=True), df[dup].reset_index(drop=True)
+
+
+def split_excluded(df: pd.DataFrame, exclude: Iterable[str]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """``(kept rows, excluded rows, listed names not in the manifest)``.
+
+    ``exclude`` holds study ids (CT-RATE VolumeNames, with or without ``.nii.gz``); every row of
+    a listed study is excluded, duplicates included. Both frames keep the manifest's order.
+    """
+    wanted = {strip_ext(name.strip()) for name in exclude if name.strip()}
+    hit = df.study_id.isin(wanted)
+    unmatched = sorted(wanted - set(df.study_id[hit]))
+    return df[~hit].reset_index(drop=True), df[hit].reset_index(drop=True), unmatched
 
 
 def check_patient_splits(df: pd.DataFrame) -> None:

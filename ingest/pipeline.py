@@ -2,7 +2,8 @@
 
 ::
 
-    manifest (driver) --duplicates--> quarantine/_duplicates.parquet
+    manifest (driver) --data.exclude_volumes--> quarantine/_excluded.parquet
+        |             --duplicates--> quarantine/_duplicates.parquet
         | plan: study -> shard group (deterministic), skip committed groups (_done/*.json)
         v  per wave of groups:
     from_pandas -> [map_batches TotalSegmentatorActor, GPU actor pool, only without masks]
@@ -58,6 +59,7 @@ class IngestConfig:
     studies_per_shard: int = 0  # >0 overrides the size-based plan (tests)
     groups_per_wave: int = 0  # 0 = 2 x cluster CPUs
     mask_dir: str = "masks"  # CT-RATE layout: masks/<split>/<patient>/<study>/<volume>.nii.gz
+    exclude_volumes: tuple[str, ...] = ()  # study ids quarantined as `excluded` (known-bad inputs)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -82,6 +84,7 @@ class IngestConfig:
             studies_per_shard=getattr(ing, "studies_per_shard", 0),
             groups_per_wave=getattr(ing, "groups_per_wave", 0),
             mask_dir=getattr(ing, "mask_dir", "masks"),
+            exclude_volumes=tuple(d.exclude_volumes),
         )
 
 
@@ -136,30 +139,41 @@ def _waves(shard_names: list[str], per_wave: int) -> list[list[str]]:
     return [shard_names[i : i + per_wave] for i in range(0, len(shard_names), per_wave)]
 
 
+def _quarantine_listed(storage: Storage, root: str, name: str, rows: pd.DataFrame, reason: str,
+                       detail: str) -> None:
+    """One quarantine part for manifest rows set aside before decoding (deterministic content:
+    rewriting it on a rerun changes nothing)."""
+    if len(rows):
+        table = quarantine.to_table([quarantine.row(r.study_id, r.split, reason, detail) for r in rows.itertuples()])
+        storage.write_bytes(shards.quarantine_uri(root, name), shards._parquet_bytes(table))
+
+
 def prepare(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Driver-side planning: manifest, duplicates, shard plan, resume state. No decoding."""
+    """Driver-side planning: manifest, exclusions, duplicates, shard plan, resume state. No decoding."""
     storage, root = cfg.stage.storage, cfg.shards_uri
     df = mf.build_manifest(storage, cfg.source_uri, cfg.manifest_format,
                            valid_fraction=cfg.valid_fraction, seed=cfg.seed, mask_dir=cfg.mask_dir)
     if cfg.max_studies:
         df = df.head(cfg.max_studies)
-    unique, dups = mf.split_duplicates(df)
+    kept, excluded, unmatched = mf.split_excluded(df, cfg.exclude_volumes)
+    unique, dups = mf.split_duplicates(kept)
     planned = shards.plan_shards(
         unique, target_mb=cfg.shard_target_mb, studies_per_shard=cfg.studies_per_shard,
         sample_mb=shards.estimate_sample_mb(cfg.stage.min_size),
     )
     _check_job(storage, root, _fingerprint(planned, cfg))
-    if len(dups):  # deterministic content: rewriting it on a rerun changes nothing
-        rows = [quarantine.row(r.study_id, r.split, "duplicate_study_id", "later manifest row")
-                for r in dups.itertuples()]
-        storage.write_bytes(shards.quarantine_uri(root, "_duplicates"),
-                            shards._parquet_bytes(quarantine.to_table(rows)))
+    _quarantine_listed(storage, root, "_excluded", excluded, "excluded", "listed in data.exclude_volumes")
+    _quarantine_listed(storage, root, "_duplicates", dups, "duplicate_study_id", "later manifest row")
+    if cfg.exclude_volumes:
+        log(f"[ingest] excluded {len(excluded)} rows listed in data.exclude_volumes; "
+            f"{len(unmatched)} listed names are not in the manifest")
     done = shards.completed(storage, root)
     pending = planned[~planned.shard.isin(done)]
     log(f"[ingest] manifest: {len(df)} rows, {len(dups)} duplicate ids, "
         f"{planned.shard.nunique()} shard groups; already done: {len(planned) - len(pending)} "
         f"studies in {len(done)} groups; to decode now: {len(pending)} studies")
-    return {"manifest": df, "planned": planned, "pending": pending, "num_dups": len(dups)}
+    return {"manifest": df, "planned": planned, "pending": pending, "num_dups": len(dups),
+            "num_excluded": len(excluded)}
 
 
 def _run_wave(frame: pd.DataFrame, cfg: IngestConfig) -> pd.DataFrame:
@@ -254,6 +268,7 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[st
         columns=["study_id", "status", "seconds", "timings", "write_s"])
     stats = {
         "manifest_size": len(plan["manifest"]), "num_decoded": len(res), "num_dups": plan["num_dups"],
+        "num_excluded": plan["num_excluded"],
         "num_skipped": len(plan["planned"]) - len(pending),
         "num_ok_this_run": int((res.status == "ok").sum()) if len(res) else 0,
         "stage_seconds": _stage_seconds(res), "num_waves": len(waves),

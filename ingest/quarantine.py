@@ -15,7 +15,6 @@ from typing import Any
 
 import pyarrow as pa
 
-# Reason code -> what it means (the summary prints this table).
 # Reason code -> what it means (the summary prints this table). The first eight are the ``kind``
 # codes of ``ctvlp.transforms.validate.VolumeError``, used unchanged.
 REASONS: dict[str, str] = {
@@ -30,6 +29,7 @@ REASONS: dict[str, str] = {
     "missing_mask": "no mask supplied and segmentation is 'supplied'",
     "missing_report": "no findings and no impression text",
     "duplicate_study_id": "the study id appears earlier in the manifest",
+    "excluded": "listed in data.exclude_volumes (a known-bad input), set aside before decoding",
     "processing_error": "an unexpected error while processing (exception type in detail)",
 }
 

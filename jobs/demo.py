@@ -43,11 +43,14 @@ def banner(step: int, total: int, text: str, t0: float) -> None:
 
 
 def make_corpus(out: Path, num_studies: int, seed: int, **preset_overrides) -> Path:
-    """Generate the synthetic corpus once; a finished corpus (corpus.json) is reused."""
+    """Generate the synthetic corpus once; a finished corpus (corpus.json) in CT-RATE's published
+    layout is reused (one written before the tables moved under dataset/ is regenerated)."""
+    from ctvlp.synthetic import writer
     from ctvlp.synthetic.corpus import generate_corpus
 
     marker = out / "corpus.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("num_studies") == num_studies:
+    published = (out / writer.table_paths("train")["reports"]).is_file()
+    if marker.is_file() and published and json.loads(marker.read_text()).get("num_studies") == num_studies:
         print(f"corpus exists: {out}")
         return out
     summary = generate_corpus(out, num_studies, seed=seed, preset="demo", **preset_overrides)
@@ -56,16 +59,21 @@ def make_corpus(out: Path, num_studies: int, seed: int, **preset_overrides) -> P
 
 
 def shuffle_reports(corpus: Path, out: Path, seed: int) -> Path:
-    """A copy of ``corpus`` (volumes linked, not copied) whose train reports are permuted across
-    studies: the negative control. Labels and test reports stay as they are."""
-    out.mkdir(parents=True, exist_ok=True)
-    for entry in corpus.iterdir():
-        target = out / entry.name
-        if entry.name != "radiology_text_reports" and not target.exists():
-            target.symlink_to(entry.resolve())
-    reports = out / "radiology_text_reports"
+    """A copy of ``corpus`` (volumes, masks and other tables linked, not copied) whose train
+    reports are permuted across studies: the negative control. Labels and test reports stay as
+    they are."""
+    reports_dir = "radiology_text_reports"
+    if (out / "dataset").is_symlink():  # a copy made before the tables moved under dataset/:
+        (out / "dataset").unlink()  # writing through that link would shuffle the corpus itself
+    for src, dst in ((corpus, out), (corpus / "dataset", out / "dataset")):
+        dst.mkdir(parents=True, exist_ok=True)
+        for entry in src.iterdir():
+            target = dst / entry.name
+            if entry.name not in ("dataset", reports_dir) and not target.exists():
+                target.symlink_to(entry.resolve())
+    reports = out / "dataset" / reports_dir
     reports.mkdir(exist_ok=True)
-    for csv in (corpus / "radiology_text_reports").glob("*.csv"):
+    for csv in (corpus / "dataset" / reports_dir).glob("*.csv"):
         frame = pd.read_csv(csv)
         if csv.name.startswith("train"):
             perm = np.random.default_rng(seed).permutation(len(frame))

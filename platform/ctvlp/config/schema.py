@@ -69,8 +69,13 @@ class DataSpec(Strict):
     """Where the data is and how volumes are brought to the model's grid."""
 
     preset: Literal["ctrate-chest", "paper-abdomen", "demo"] = "ctrate-chest"
-    source_uri: str | None = None  # CT-RATE-layout root or a manifest file (local path or s3://)
+    # CT-RATE download root (the folder holding dataset/) or its dataset/ folder, or a manifest
+    # file (local path or s3://)
+    source_uri: str | None = None
     manifest_format: Literal["ctrate", "csv", "parquet"] = "ctrate"
+    # study ids (CT-RATE VolumeNames, .nii.gz optional) that ingest quarantines with reason
+    # `excluded` instead of decoding: known-bad inputs (CT-RATE's are listed in docs/DESIGN.md)
+    exclude_volumes: list[str] = []
     shards_uri: str | None = None  # ingest output / training input (local path or s3://)
     spacing: Vec3f | None = None  # target voxel size, mm (D, H, W); from the preset when unset
     hu_window: tuple[float, float] | None = None  # HU (lo, hi) mapped to [0, 1]
@@ -99,6 +104,14 @@ class DataSpec(Strict):
             if out.get(key) is None:
                 out[key] = DATA_PRESETS[preset][key]
         return out
+
+    @field_validator("exclude_volumes")
+    @classmethod
+    def _names_given(cls, v):
+        blank = [i for i, name in enumerate(v) if not name.strip()]
+        if blank:
+            raise ValueError(f"entries {blank} are empty: give study ids such as 'train_1267_a_4'")
+        return v
 
     @field_validator("hu_window")
     @classmethod
@@ -352,7 +365,9 @@ class EvalSpec(Strict):
 
     split: Literal["valid", "test"] = "test"
     model: str | None = "phase4"  # an export URI, or a phase reference the pipeline resolves
-    diseases: Literal["auto", "synthetic", "ctrate"] | list[DiseaseSpec] = "auto"
+    # auto = the data preset's catalogue (ctrate-chest: "ctrate", CT-RATE's 18 labels); "ctrate-table1"
+    # = the paper's Table 1 subset of 16 (docs/DESIGN.md, "CT-RATE"); or an explicit list
+    diseases: Literal["auto", "synthetic", "ctrate", "ctrate-table1"] | list[DiseaseSpec] = "auto"
     threshold_protocol: Literal["evaluated", "held-out"] = "evaluated"
     bootstrap_samples: NonNegInt = 1000
     batch_size: PosInt = 8

@@ -1,4 +1,4 @@
-"""Synthetic CT corpus in the CT-RATE layout: ``python -m ctvlp.synthetic --out DIR ...``.
+"""Synthetic CT corpus in CT-RATE's published layout: ``python -m ctvlp.synthetic --out DIR ...``.
 
 Chest-abdomen-pelvis phantoms with TotalSegmentator v2 masks, the 22 abnormalities of
 :data:`ctvlp.diseases.SYNTHETIC` planted inside their anatomy, and radiologist-style reports

@@ -189,7 +189,7 @@ def _write_volume(canvas, fov: float, preset: Preset, root: Path, split_dir: str
 def generate_corpus(out_dir: str | Path, num_studies: int, seed: int = 0, preset: str | Preset = "tiny",
                     layout: str = "ctrate", ctrate_headers: bool = False, workers: int = 1,
                     **preset_overrides: object) -> dict:
-    """Generate a synthetic CT-RATE-layout corpus; returns (and writes) its summary.
+    """Generate a synthetic corpus in CT-RATE's published layout; returns (and writes) its summary.
 
     Args:
         out_dir: corpus root (created; existing files are overwritten).

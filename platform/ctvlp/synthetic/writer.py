@@ -1,13 +1,17 @@
 """CT-RATE layout on disk: names, NIfTI volumes and masks, metadata/report/label CSVs.
 
-Layout (root = ``--out``), with ``<d>`` the dataset split directory::
+The layout of CT-RATE as published (Hugging Face ``ibrahimhamamci/CT-RATE``: everything under
+``dataset/``), so that ingest reads a synthetic corpus through the same adapter as a real
+download. Root = ``--out``, ``<d>`` the dataset split directory::
 
     dataset/<d>/<patient>/<study>/<volume>.nii.gz        int16 stored values
+    dataset/radiology_text_reports/{train,validation,test}_reports.csv
+    dataset/metadata/{train,validation,test}_metadata.csv
+    dataset/multi_abnormality_labels/{train,valid,test}_predicted_labels.csv
     masks/<d>/<patient>/<study>/<volume>.nii.gz          uint8 TotalSegmentator v2 "total" ids
-    radiology_text_reports/{train,validation,test}_reports.csv
-    metadata/{train,validation,test}_metadata.csv
-    multi_abnormality_labels/{train,valid,test}_predicted_labels.csv
     corpus.json                                          what was generated (counts, mapping)
+
+Masks (which CT-RATE does not ship) and ``corpus.json`` sit beside ``dataset/``.
 
 Names follow CT-RATE: volume ``train_12_a_1`` of study ``train_12_a`` of patient ``train_12``.
 Geometry follows CT-RATE's metadata: ``ImageOrientationPatient`` (row, column cosines, LPS),
@@ -32,6 +36,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 from ctvlp.diseases import SYNTHETIC
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+DATASET_DIR = "dataset"  # volumes and the three table families, as CT-RATE publishes them
 # split -> (dataset dir / name prefix, reports+metadata file stem, labels file stem)
 SPLIT_FILES = {"train": ("train", "train", "train"), "valid": ("valid", "validation", "valid"),
                "test": ("test", "test", "test")}
@@ -72,7 +77,7 @@ def volume_paths(root: Path, split_dir: str, patient: int, study: int, recon: in
     """``(image path, mask path)`` of a volume."""
     p, s, v = volume_name(split_dir, patient, study, recon)
     rel = Path(split_dir) / p / s / f"{v}.nii.gz"
-    return root / "dataset" / rel, root / "masks" / rel
+    return root / DATASET_DIR / rel, root / "masks" / rel
 
 
 def orient(canonical: np.ndarray, affine_ras: np.ndarray, codes: tuple[str, str, str]) -> tuple[np.ndarray, np.ndarray]:
@@ -122,19 +127,25 @@ def write_volume(path: Path, data: np.ndarray, affine: np.ndarray, scaling: tupl
     nib.save(img, path)
 
 
+def table_paths(ctrate_split: str) -> dict[str, str]:
+    """``{"reports" | "metadata" | "labels": path relative to the root}`` of a CT-RATE split
+    (``train``, ``valid`` or, in the three-way layout, ``test``)."""
+    _, stem, label_stem = SPLIT_FILES[ctrate_split]
+    return {"reports": f"{DATASET_DIR}/radiology_text_reports/{stem}_reports.csv",
+            "metadata": f"{DATASET_DIR}/metadata/{stem}_metadata.csv",
+            "labels": f"{DATASET_DIR}/multi_abnormality_labels/{label_stem}_predicted_labels.csv"}
+
+
 def write_tables(root: Path, rows: dict[str, dict[str, list[dict]]], layout: str) -> dict[str, list[str]]:
     """Write the three CSV families for every split; returns {split: [relative paths]}."""
+    columns = {"reports": ["VolumeName", "Findings_EN", "Impressions_EN"], "metadata": METADATA_COLUMNS,
+               "labels": ["VolumeName", *LABEL_COLUMNS]}
     written: dict[str, list[str]] = {}
     for split, ctrate_split in LAYOUTS[layout].items():
-        _, stem, label_stem = SPLIT_FILES[ctrate_split]
-        tables = {
-            f"radiology_text_reports/{stem}_reports.csv": (rows[split]["reports"], ["VolumeName", "Findings_EN", "Impressions_EN"]),
-            f"metadata/{stem}_metadata.csv": (rows[split]["metadata"], METADATA_COLUMNS),
-            f"multi_abnormality_labels/{label_stem}_predicted_labels.csv": (rows[split]["labels"], ["VolumeName", *LABEL_COLUMNS]),
-        }
-        for rel, (table, columns) in tables.items():
+        tables = {rel: (rows[split][kind], columns[kind]) for kind, rel in table_paths(ctrate_split).items()}
+        for rel, (table, cols) in tables.items():
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame(table, columns=columns).to_csv(root / rel, index=False)
+            pd.DataFrame(table, columns=cols).to_csv(root / rel, index=False)
         written[split] = sorted(tables)
     return written
 

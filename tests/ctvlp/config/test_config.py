@@ -101,9 +101,20 @@ def test_resolved_spec_round_trips(tmp_path):
 def test_eval_disease_presets_follow_grouping():
     chest = load_spec()
     names = [d.name for d in chest.eval.disease_list(chest.data)]
-    assert len(names) == 16 and "Emphysema" in names
+    assert len(names) == 18 and {"Emphysema", "Medical material", "Lymphadenopathy"} <= set(names)
+    table1 = load_spec(None, ["eval.diseases=ctrate-table1"])
+    names16 = [d.name for d in table1.eval.disease_list(table1.data)]
+    assert names16 == [n for n in names if n not in ("Medical material", "Lymphadenopathy")]
     demo = load_spec(None, ["data.preset=demo"])
     assert {d.anatomy for d in demo.eval.disease_list(demo.data)} == set(demo.data.anatomies)
+
+
+def test_exclude_volumes_default_empty_and_blank_refused():
+    assert load_spec().data.exclude_volumes == []
+    spec = load_spec(None, ["data.exclude_volumes=[train_1267_a_4, train_11755_a_3.nii.gz]"])
+    assert spec.data.exclude_volumes == ["train_1267_a_4", "train_11755_a_3.nii.gz"]
+    with pytest.raises(SpecError, match="exclude_volumes"):
+        load_spec(None, ["data.exclude_volumes=['', x]"])
 
 
 def test_credentials_have_no_field():

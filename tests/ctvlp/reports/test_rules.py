@@ -122,8 +122,8 @@ def test_agreement_with_the_synthetic_labels_csv(tmp_path_factory):
     from ctvlp.diseases import SYNTHETIC
 
     root = _synthetic_corpus(tmp_path_factory.mktemp("synth_parser"), 100, 1)
-    reports = pd.concat(pd.read_csv(p) for p in sorted(root.glob("radiology_text_reports/*.csv")))
-    labels = pd.concat(pd.read_csv(p) for p in sorted(root.glob("multi_abnormality_labels/*.csv")))
+    reports = pd.concat(pd.read_csv(p) for p in sorted(root.glob("dataset/radiology_text_reports/*.csv")))
+    labels = pd.concat(pd.read_csv(p) for p in sorted(root.glob("dataset/multi_abnormality_labels/*.csv")))
     df = reports.merge(labels, on="VolumeName", validate="one_to_one")
     assert len(df) >= 100
     by_anatomy = {a: [d.name for d in SYNTHETIC if d.anatomy == a] for a in ANATOMIES}

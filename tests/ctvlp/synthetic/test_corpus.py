@@ -45,9 +45,9 @@ def read_corpus(root: Path, ctrate_headers: bool = False) -> list[dict]:
     """Every volume as RAS-canonical ``hu``/``mask`` arrays with labels, report and spacing."""
     out = []
     for split, stem, lstem in (("train", "train", "train"), ("valid", "validation", "valid")):
-        meta = pd.read_csv(root / f"metadata/{stem}_metadata.csv").set_index("VolumeName")
-        reports = pd.read_csv(root / f"radiology_text_reports/{stem}_reports.csv").set_index("VolumeName")
-        labels = pd.read_csv(root / f"multi_abnormality_labels/{lstem}_predicted_labels.csv").set_index("VolumeName")
+        meta = pd.read_csv(root / f"dataset/metadata/{stem}_metadata.csv").set_index("VolumeName")
+        reports = pd.read_csv(root / f"dataset/radiology_text_reports/{stem}_reports.csv").set_index("VolumeName")
+        labels = pd.read_csv(root / f"dataset/multi_abnormality_labels/{lstem}_predicted_labels.csv").set_index("VolumeName")
         assert list(labels.columns) == DISEASES
         assert set(meta.index) == set(reports.index) == set(labels.index)
         for name, row in meta.iterrows():

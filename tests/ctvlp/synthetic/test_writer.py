@@ -17,10 +17,12 @@ from ctvlp.synthetic import generate_corpus
 from ctvlp.synthetic.__main__ import main
 from ctvlp.synthetic.writer import ORIENTATIONS, affine_from_geometry, dicom_geometry, orient, quantize
 
+# CT-RATE as published: every table under dataset/ (Hugging Face ibrahimhamamci/CT-RATE)
 CTRATE_FILES = [
-    "radiology_text_reports/train_reports.csv", "radiology_text_reports/validation_reports.csv",
-    "metadata/train_metadata.csv", "metadata/validation_metadata.csv",
-    "multi_abnormality_labels/train_predicted_labels.csv", "multi_abnormality_labels/valid_predicted_labels.csv",
+    "dataset/radiology_text_reports/train_reports.csv", "dataset/radiology_text_reports/validation_reports.csv",
+    "dataset/metadata/train_metadata.csv", "dataset/metadata/validation_metadata.csv",
+    "dataset/multi_abnormality_labels/train_predicted_labels.csv",
+    "dataset/multi_abnormality_labels/valid_predicted_labels.csv",
 ]
 
 
@@ -39,6 +41,7 @@ def cli_corpus(tmp_path_factory) -> Path:
 def test_cli_writes_ctrate_layout(cli_corpus):
     for rel in CTRATE_FILES:
         assert (cli_corpus / rel).is_file(), rel
+    assert sorted(p.name for p in cli_corpus.iterdir()) == ["corpus.json", "dataset", "masks"]
     summary = json.loads((cli_corpus / "corpus.json").read_text())
     assert summary["splits"]["test"]["written_as"] == "valid" and summary["num_studies"] == 12
     volumes = sorted((cli_corpus / "dataset").rglob("*.nii.gz"))
@@ -47,14 +50,14 @@ def test_cli_writes_ctrate_layout(cli_corpus):
         split, patient, study, name = p.parts[-4:]
         assert patient.startswith(split + "_") and study.startswith(patient + "_") and name.startswith(study + "_")
         assert (cli_corpus / "masks" / split / patient / study / name).is_file()
-    meta = pd.read_csv(cli_corpus / "metadata/train_metadata.csv")
+    meta = pd.read_csv(cli_corpus / "dataset/metadata/train_metadata.csv")
     for col in ("VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing",
                 "ImageOrientationPatient", "ImagePositionPatient", "Rows", "Columns"):
         assert col in meta.columns
-    labels = pd.read_csv(cli_corpus / "multi_abnormality_labels/train_predicted_labels.csv")
+    labels = pd.read_csv(cli_corpus / "dataset/multi_abnormality_labels/train_predicted_labels.csv")
     assert list(labels.columns) == ["VolumeName", *[d.name for d in SYNTHETIC]]
     assert set(np.unique(labels.iloc[:, 1:].to_numpy())) <= {0, 1}
-    reports = pd.read_csv(cli_corpus / "radiology_text_reports/train_reports.csv")
+    reports = pd.read_csv(cli_corpus / "dataset/radiology_text_reports/train_reports.csv")
     assert list(reports.columns) == ["VolumeName", "Findings_EN", "Impressions_EN"]
     assert set(reports.VolumeName) == set(meta.VolumeName) == set(labels.VolumeName)
 
@@ -67,7 +70,7 @@ def test_same_seed_same_bytes_other_seed_differs(cli_corpus, tmp_path):
 
 
 def test_stored_values_need_metadata_rescale(cli_corpus):
-    meta = pd.read_csv(cli_corpus / "metadata/train_metadata.csv").iloc[0]
+    meta = pd.read_csv(cli_corpus / "dataset/metadata/train_metadata.csv").iloc[0]
     p = next((cli_corpus / "dataset/train").rglob(meta.VolumeName))
     img = nib.load(p)
     stored = np.asarray(img.dataobj.get_unscaled())
@@ -79,10 +82,10 @@ def test_stored_values_need_metadata_rescale(cli_corpus):
 def test_ctrate_headers_and_three_way_layout(tmp_path):
     generate_corpus(tmp_path, 10, seed=1, layout="three-way", ctrate_headers=True)
     for stem in ("train", "validation", "test"):
-        assert (tmp_path / f"radiology_text_reports/{stem}_reports.csv").is_file()
+        assert (tmp_path / f"dataset/radiology_text_reports/{stem}_reports.csv").is_file()
     for stem in ("train", "valid", "test"):
-        assert (tmp_path / f"multi_abnormality_labels/{stem}_predicted_labels.csv").is_file()
-    meta = pd.read_csv(tmp_path / "metadata/test_metadata.csv").iloc[0]
+        assert (tmp_path / f"dataset/multi_abnormality_labels/{stem}_predicted_labels.csv").is_file()
+    meta = pd.read_csv(tmp_path / "dataset/metadata/test_metadata.csv").iloc[0]
     img = nib.load(next((tmp_path / "dataset/test").rglob(meta.VolumeName)))
     assert np.allclose(img.affine, np.eye(4))  # wrong on purpose: the truth is in the CSV
     assert img.dataobj.slope == 1.0 and img.dataobj.inter == 0.0  # raw stored values

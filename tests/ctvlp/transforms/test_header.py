@@ -82,7 +82,7 @@ def test_repair_recovers_the_synthetic_ctrate_headers(tmp_path):
     for name, extra in (("good", []), ("ctrate", ["--ctrate-headers"])):
         cmd = [sys.executable, "-m", "ctvlp.synthetic", "--out", str(tmp_path / name), "--num-studies", "2", "--seed", "5"]
         subprocess.run(cmd + extra, check=True, capture_output=True)
-    meta = pd.concat(pd.read_csv(p) for p in (tmp_path / "ctrate" / "metadata").glob("*.csv")).set_index("VolumeName")
+    meta = pd.concat(pd.read_csv(p) for p in (tmp_path / "ctrate" / "dataset" / "metadata").glob("*.csv")).set_index("VolumeName")
     volumes = sorted((tmp_path / "good" / "dataset").rglob("*.nii.gz"))
     assert volumes
     for good in volumes:
