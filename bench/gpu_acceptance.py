@@ -96,7 +96,7 @@ def make_spec(args: argparse.Namespace, m: int, text: str, cuda: bool) -> Any:
     over = [f"data.grouping={GROUPINGS[m]}", f"data.crop_size={crop}", f"data.min_size={crop}",
             f"data.eval_window={crop}", f"model.text.name_or_path={text}", "resources.bf16=true",
             f"resources.use_gpu={str(cuda).lower()}", "resources.num_workers=1"]
-    over += [f"phases.phase{p}.batch_size={args.batch}" for p in (1, 2, 3, 4)]
+    over += [f"phases.phase{p}.global_batch_size={args.batch}" for p in (1, 2, 3, 4)]
     base = ROOT / "jobs" / "specs" / ("debug.yaml" if args.small else "defaults.yaml")
     return load_spec(str(base) if args.small else None, over)
 

@@ -97,7 +97,7 @@ def steps_per_epoch(num_rows: int, cfg: TrainConfig) -> int:
     steps = num_rows // cfg.global_batch_size
     if steps < 1:
         raise ValueError(f"the training split has {num_rows} rows, fewer than one global batch "
-                         f"({cfg.global_batch_size}); lower phases.phaseN.batch_size")
+                         f"({cfg.global_batch_size}); lower phases.phaseN.global_batch_size")
     return min(steps, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else steps
 
 
@@ -201,7 +201,7 @@ class _Loop:
         self.steps_per_epoch = config["steps_per_epoch"]
         collate = import_callable(config["collate_fn"]) if config.get("collate_fn") else None
         self.collate = collate() if isinstance(collate, type) else collate  # Ray's CollateFn classes
-        self.micro = plan.train.micro_batch_size(plan.num_workers)
+        self.micro, self.accumulation = plan.train.batch_split(plan.num_workers)
 
     def _batches(self, epoch: int):
         import ray.train
@@ -213,11 +213,20 @@ class _Loop:
             local_shuffle_seed=self.plan.train.seed + 1000 * epoch + self.rank if self.plan.shuffle_buffer else None,
         )
 
+    def _steps(self, epoch: int):
+        """This rank's micro-batches grouped by optimiser step (``accumulation`` of them each)."""
+        group = []
+        for batch in self._batches(epoch):
+            group.append(batch)
+            if len(group) == self.accumulation:
+                yield group
+                group = []
+
     def run_epoch(self, state: TrainState) -> None:
         """Train from ``state`` to the end of its epoch; checkpoint on cadence and at the end."""
         cfg, to_skip = self.plan.train, state.step_in_epoch
         timer, out = StepTimer(), {}
-        for batch in self._batches(state.epoch):
+        for batch in self._steps(state.epoch):
             if to_skip:  # mid-epoch resume: drop what this rank consumed before the checkpoint
                 to_skip -= 1
                 timer.restart()

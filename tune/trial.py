@@ -47,7 +47,7 @@ def step_schedule(num_rows: int, batch_size: int, max_steps: int, report_every: 
     full = num_rows // batch_size
     if full < 1:
         raise ValueError(f"the training split has {num_rows} rows, fewer than one global batch ({batch_size}); "
-                         "lower phases.phaseN.batch_size")
+                         "lower phases.phaseN.global_batch_size")
     if max_steps < 1 or report_every < 1:
         raise ValueError(f"max_steps and report_every must be >= 1, got {max_steps}, {report_every}")
     epochs = math.ceil(max_steps / full)

@@ -27,7 +27,7 @@ import socket
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -45,7 +45,9 @@ class TrainConfig:
 
     Attributes:
         epochs: passes over the training split.
-        global_batch_size: samples per optimiser step summed over all workers.
+        global_batch_size: samples per optimiser step summed over all workers and micro-batches.
+        micro_batch_size: samples per worker per forward/backward (0 = derived, see :meth:`batch_split`).
+        grad_accumulation_steps: micro-batches per optimiser step (0 = derived).
         lr: peak learning rate, reached at the end of the warm-up.
         min_lr: start of the warm-up and end of the cosine decay.
         warmup_epochs: length of the linear warm-up, in epochs (may be fractional).
@@ -66,6 +68,8 @@ class TrainConfig:
     epochs: int
     global_batch_size: int
     lr: float
+    micro_batch_size: int = 0
+    grad_accumulation_steps: int = 0
     min_lr: float = 1e-6
     warmup_epochs: float = 1.0
     weight_decay: float = 0.05
@@ -89,14 +93,27 @@ class TrainConfig:
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
 
-    def micro_batch_size(self, world_size: int) -> int:
-        """Per-worker batch. Raises ValueError unless the global batch splits evenly."""
-        if self.global_batch_size % world_size:
+    def batch_split(self, world_size: int) -> tuple[int, int]:
+        """(micro-batch per worker, accumulation steps) with micro x steps x workers = global batch.
+
+        Given neither, one micro-batch per step; given one, the other is derived; given both, they
+        must multiply out. So a run resumed on another number of workers keeps its global batch.
+        Raises ValueError naming the spec keys when the global batch does not split.
+        """
+        g, micro, steps = self.global_batch_size, self.micro_batch_size, self.grad_accumulation_steps
+        if micro and not steps:
+            steps = g // (micro * world_size) if g % (micro * world_size) == 0 else 0
+        elif steps and not micro:
+            micro = g // (steps * world_size) if g % (steps * world_size) == 0 else 0
+        elif not micro and not steps:
+            steps, micro = 1, (g // world_size if g % world_size == 0 else 0)
+        if micro < 1 or steps < 1 or micro * steps * world_size != g:
             raise ValueError(
-                f"batch_size {self.global_batch_size} does not split over {world_size} workers; "
-                f"set phases.phaseN.batch_size to a multiple of resources.num_workers"
-            )
-        return self.global_batch_size // world_size
+                f"global_batch_size {g} does not split into micro_batch_size {self.micro_batch_size or '(derived)'} "
+                f"x grad_accumulation_steps {self.grad_accumulation_steps or '(derived)'} x {world_size} workers; "
+                "set phases.phaseN.global_batch_size to a multiple of resources.num_workers x the micro-batch, "
+                "or phases.phaseN.micro_batch_size / grad_accumulation_steps")
+        return micro, steps
 
 
 def train_config_from_spec(spec: Any, phase: int, *, cuda: bool | None = None) -> TrainConfig:
@@ -105,7 +122,8 @@ def train_config_from_spec(spec: Any, phase: int, *, cuda: bool | None = None) -
     cuda = torch.cuda.is_available() if cuda is None else cuda
     bf16 = (cuda and res.use_gpu) if res.bf16 == "auto" else bool(res.bf16)
     return TrainConfig(
-        epochs=p.epochs, global_batch_size=p.batch_size, lr=p.lr, min_lr=p.min_lr,
+        epochs=p.epochs, global_batch_size=p.global_batch_size, micro_batch_size=p.micro_batch_size,
+        grad_accumulation_steps=p.grad_accumulation_steps, lr=p.lr, min_lr=p.min_lr,
         warmup_epochs=p.warmup_epochs, weight_decay=p.weight_decay, grad_clip=p.grad_clip,
         checkpoint_every_steps=p.checkpoint_every_steps, max_steps_per_epoch=p.max_steps_per_epoch,
         checkpoint_every_epochs=p.checkpoint_every_epochs,
@@ -183,10 +201,11 @@ def ensure_process_group() -> None:
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     """The DeepSpeed config dict for ``cfg`` on ``world_size`` data-parallel workers."""
+    micro, steps = cfg.batch_split(world_size)
     return {
         "train_batch_size": cfg.global_batch_size,
-        "train_micro_batch_size_per_gpu": cfg.micro_batch_size(world_size),
-        "gradient_accumulation_steps": 1,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": steps,
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": {"stage": cfg.zero_stage},
         # Precision contract (ctvlp.precision): float32 weights, bf16 autocast for the forward,
@@ -275,14 +294,38 @@ def autocast_enabled(engine) -> bool:
     return bool(engine.torch_autocast_enabled())
 
 
-def train_step(engine, task, batch: Mapping[str, Any], *, channels_last: bool = False) -> dict[str, float]:
-    """One optimiser step: forward through the task (under bf16 autocast when the engine says so),
-    backward of the summed ``*_loss`` terms, clip + AdamW + schedule (DeepSpeed), then
-    ``task.after_step()``.
+def train_step(engine, task, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]], *,
+               channels_last: bool = False) -> dict[str, float]:
+    """One optimiser step over ``engine.gradient_accumulation_steps()`` micro-batches.
 
-    Returns floats: every loss term, ``loss`` (their sum), ``lr`` (of this step), ``grad_norm``
-    and the task's metrics.
+    Each micro-batch: forward through the task (under bf16 autocast when the engine says so) and
+    backward of the summed ``*_loss`` terms (DeepSpeed divides it by the accumulation steps and
+    accumulates float32 gradients); then clip + AdamW + schedule at the boundary (DeepSpeed) and
+    ``task.after_step()`` once. ``batch`` is one micro-batch (no accumulation) or a sequence.
+
+    Returns floats: every loss term, ``loss`` (their sum), the task's metrics (each the mean over
+    the micro-batches), ``lr`` (of this step) and ``grad_norm``.
     """
+    micro = [batch] if isinstance(batch, Mapping) else list(batch)
+    if len(micro) != engine.gradient_accumulation_steps():
+        raise ValueError(f"got {len(micro)} micro-batches for an engine that accumulates "
+                         f"{engine.gradient_accumulation_steps()} per optimiser step")
+    lr = engine.get_lr()[0]
+    sums: dict[str, float] = {}
+    for mb in micro:
+        for key, value in _forward_backward(engine, task, mb, channels_last).items():
+            sums[key] = sums.get(key, 0.0) + value
+    task.after_step()
+    out = {k: v / len(micro) for k, v in sums.items()}
+    out["lr"] = float(lr)
+    norm = engine.get_global_grad_norm()
+    if norm is not None:
+        out["grad_norm"] = float(norm)
+    return out
+
+
+def _forward_backward(engine, task, batch: Mapping[str, Any], channels_last: bool) -> dict[str, float]:
+    """Forward, backward and ``engine.step()`` (an optimiser step only at the accumulation boundary)."""
     missing = [k for k in task.required_keys if k not in batch]
     if missing:
         raise KeyError(f"batch lacks keys {missing} that {type(task).__name__} requires; has {sorted(batch)}")
@@ -293,15 +336,10 @@ def train_step(engine, task, batch: Mapping[str, Any], *, channels_last: bool = 
     if not terms:
         raise ValueError(f"training_step returned no '*_loss' entries (got {sorted(losses)})")
     total = sum(terms.values())
-    lr = engine.get_lr()[0]
     engine.backward(total)
     engine.step()
-    task.after_step()
     out = {k: float(v.detach()) for k, v in losses.items()}
-    out.update(loss=float(total.detach()), lr=float(lr))
-    norm = engine.get_global_grad_norm()
-    if norm is not None:
-        out["grad_norm"] = float(norm)
+    out["loss"] = float(total.detach())
     out.update({k: float(v) for k, v in metrics.items()})
     return out
 

@@ -75,10 +75,39 @@ def test_deepspeed_config_splits_the_global_batch():
         deepspeed_config(cfg, world_size=5)
 
 
+@pytest.mark.parametrize("micro, steps, world, expected", [
+    (0, 0, 4, (3, 1)),  # neither given: one micro-batch of global / workers
+    (1, 0, 4, (1, 3)),  # micro given: accumulation derived
+    (0, 3, 2, (2, 3)),  # accumulation given: micro derived
+    (3, 2, 2, (3, 2)),  # both, consistent
+    (2, 0, 3, (2, 2)),  # resumed on 3 workers instead of 2 (micro 2): still 12 per step
+])
+def test_batch_split_keeps_the_global_batch(micro, steps, world, expected):
+    cfg = TrainConfig(epochs=1, global_batch_size=12, lr=1e-3, micro_batch_size=micro, grad_accumulation_steps=steps)
+    got = cfg.batch_split(world)
+    assert got == expected and got[0] * got[1] * world == 12
+    ds = deepspeed_config(cfg, world)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == expected
+
+
+@pytest.mark.parametrize("micro, steps, world", [(5, 0, 2), (0, 5, 2), (3, 3, 2), (0, 0, 5)])
+def test_batch_split_names_the_keys_when_it_cannot_split(micro, steps, world):
+    cfg = TrainConfig(epochs=1, global_batch_size=12, lr=1e-3, micro_batch_size=micro, grad_accumulation_steps=steps)
+    with pytest.raises(ValueError, match="global_batch_size 12 .*micro_batch_size"):
+        cfg.batch_split(world)
+
+
+def test_old_batch_size_key_names_its_new_name():
+    from ctvlp.config import load_spec
+
+    with pytest.raises(Exception, match="batch_size was renamed: use global_batch_size"):
+        load_spec(None, ["phases.phase2.batch_size=8"])
+
+
 def test_train_config_from_the_real_spec():
     from ctvlp.config import load_spec
 
-    spec = load_spec(None, ["phases.phase2.lr=3e-4", "phases.phase2.batch_size=8", "resources.zero_stage=2"])
+    spec = load_spec(None, ["phases.phase2.lr=3e-4", "phases.phase2.global_batch_size=8", "resources.zero_stage=2"])
     cfg = train_config_from_spec(spec, 2, cuda=False)
     assert (cfg.lr, cfg.global_batch_size, cfg.zero_stage, cfg.bf16) == (3e-4, 8, 2, False)
     on_gpu = load_spec(None, ["resources.use_gpu=true"])
@@ -132,6 +161,34 @@ def test_train_step_reduces_loss_and_follows_the_schedule(process_group):
     expected = [lr_at(s, peak=5e-2, min_lr=1e-4, warmup_steps=5, total_steps=20) for s in range(20)]
     assert [o["lr"] for o in outs] == pytest.approx(expected)
     assert task.after_calls == 20 and "grad_norm" in outs[0] and "pred_mean" in outs[0]
+
+
+def test_accumulation_matches_the_same_global_batch_without_it(process_group):
+    """Float32, one process: 2 micro-batches of 4 accumulated == 1 batch of 8, step for step.
+    The toy loss is a per-sample mean, so the two are the same objective; equal up to the order
+    of float sums (stated tolerance 1e-5 relative on weights and losses over 6 steps)."""
+    def run(micro, steps):
+        cfg = TrainConfig(epochs=1, global_batch_size=8, lr=5e-2, min_lr=1e-4, warmup_epochs=0.5,
+                          micro_batch_size=micro, grad_accumulation_steps=steps)
+        task = ToyTask(seed=0)
+        engine = build_engine(task.module, cfg, steps_per_epoch=6)
+        outs = []
+        for s in range(6):
+            full = _batch(8, seed=s)
+            parts = [{k: v[i:i + micro] for k, v in full.items()} for i in range(0, 8, micro)]
+            outs.append(train_step(engine, task, parts if steps > 1 else full))
+        return outs, [p.detach().clone() for p in task.module.parameters()], task
+
+    whole, w_whole, t_whole = run(8, 1)
+    accum, w_accum, t_accum = run(4, 2)
+    assert [o["lr"] for o in whole] == [o["lr"] for o in accum]
+    assert [o["loss"] for o in accum] == pytest.approx([o["loss"] for o in whole], rel=1e-5)
+    for a, b in zip(w_whole, w_accum):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert t_whole.after_calls == t_accum.after_calls == 6  # after_step once per optimiser step
+    with pytest.raises(ValueError, match="2 micro-batches"):
+        _, e = _engine()
+        train_step(e, ToyTask(seed=0), [_batch(), _batch()])
 
 
 def test_train_step_rejects_missing_keys_and_lossless_tasks(process_group):

@@ -21,7 +21,7 @@ def test_phase2_starts_from_phase1_export(ray_session, tmp_path):
 
     rows = toy_rows(32, seed=1)
     phase = lambda n, lr: [f"phases.phase{n}.{kv}" for kv in  # noqa: E731
-                           ("epochs=1", "batch_size=8", f"lr={lr}", f"min_lr={lr / 100}", "warmup_epochs=0.5")]
+                           ("epochs=1", "global_batch_size=8", f"lr={lr}", f"min_lr={lr / 100}", "warmup_epochs=0.5")]
     spec = load_spec(None, [f"storage.root={tmp_path / 'runs'}", "name=chain", "resources.num_workers=2",
                             *phase(1, 0.05), *phase(2, 1e-9)])  # phase 2 barely moves: weights ~= its init
     results = run_pipeline(spec, phases=(1, 2), datasets={"train": ray.data.from_items(rows)},

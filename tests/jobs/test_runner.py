@@ -26,7 +26,7 @@ def toy_plan(tmp_path: Path, *overrides: str, phase: int = 1):
         "name=toy", f"storage.root={tmp_path / 'runs'}", "resources.num_workers=2", "resources.zero_stage=1",
         "resources.max_failures=1", "data.shuffle_buffer=8", "seed=0",
         *[f"phases.phase{phase}.{kv}" for kv in (
-            "epochs=2", "batch_size=8", "lr=0.05", "min_lr=1e-4", "warmup_epochs=0.5", "checkpoint_every_steps=4")],
+            "epochs=2", "global_batch_size=8", "lr=0.05", "min_lr=1e-4", "warmup_epochs=0.5", "checkpoint_every_steps=4")],
         *overrides,
     ]
     spec = load_spec(None, base)

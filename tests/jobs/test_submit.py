@@ -44,7 +44,7 @@ def _spec_tree(tmp: Path) -> dict:
 
     spec = load_spec(None, ["name=submit", "data.preset=demo", f"data.shards_uri={tmp / 'shards'}",
                             f"storage.root={tmp / 'runs'}", "resources.num_workers=2", *DEBUG_MODEL,
-                            "phases.phase4.epochs=1", "phases.phase4.batch_size=2",
+                            "phases.phase4.epochs=1", "phases.phase4.global_batch_size=2",
                             "phases.phase4.max_steps_per_epoch=2", "phases.phase4.checkpoint_every_steps=1"])
     return settable_dict(spec)
 

@@ -258,7 +258,15 @@ class PhaseSpec(Strict):
     """Optimisation of one phase (AdamW; linear warm-up then cosine to min_lr)."""
 
     epochs: PosInt = 1
-    batch_size: PosInt = 12  # global batch (all workers)
+    # Samples per optimiser step over all workers and accumulation steps: what the schedule, the
+    # paper (48) and a resumed run on another number of GPUs keep fixed.
+    global_batch_size: PosInt = 12
+    # Per worker per forward/backward; 0 = derived: global / (workers x grad_accumulation_steps).
+    micro_batch_size: NonNegInt = 0
+    # Micro-batches per optimiser step; 0 = derived: global / (workers x micro_batch_size), or 1
+    # when micro_batch_size is 0 too. Contrastive losses see the negatives of one micro-batch x
+    # workers, not of the whole global batch (docs/training.md).
+    grad_accumulation_steps: NonNegInt = 0
     lr: PosFloat = 1e-4  # peak learning rate
     min_lr: Annotated[float, Field(ge=0)] = 1e-6
     warmup_epochs: Annotated[float, Field(ge=0)] = 1.0
@@ -270,6 +278,14 @@ class PhaseSpec(Strict):
     checkpoint_every_epochs: PosInt = 1
     max_steps_per_epoch: NonNegInt = 0  # 0 = the whole split; >0 caps an epoch (debug, tuning)
     init: InitSpec = InitSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data):
+        if isinstance(data, dict) and "batch_size" in data:
+            raise ValueError("batch_size was renamed: use global_batch_size (samples per optimiser step over "
+                             "all workers), and micro_batch_size / grad_accumulation_steps to split it")
+        return data
 
 
 class PhasesSpec(Strict):
