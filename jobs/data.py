@@ -66,13 +66,15 @@ def shard_bytes(spec: Any, uris: list[str]) -> int:
     return total
 
 
-def augment_batch(batch: dict[str, np.ndarray], crop_size: tuple[int, int, int], flip_prob: float) -> dict:
-    """Ray Data ``map_batches`` function: decode each row and apply the train crop + flips.
+def augment_batch(batch: dict[str, np.ndarray], crop_size: tuple[int, int, int], flip_prob: float,
+                  seed: int | None = None) -> dict:
+    """Ray Data ``map_batches`` function: decode each row and apply the train crop + flips
+    (``seed``: the same crops in every execution, for validation; None: fresh OS entropy).
 
     Returns columns ``study_id``, ``image``/``mask`` uint8 ``[B, D, H, W]`` (the crop),
     ``abnormal`` int64 ``[B, M]``, ``intact`` bool ``[B, M]`` and ``input_ids`` (ragged lists).
     """
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(seed)
     n = len(batch["study_id"])
     out: dict[str, list] = {k: [] for k in ("study_id", "image", "mask", "abnormal", "intact", "input_ids")}
     for i in range(n):
@@ -121,6 +123,21 @@ def build_train_dataset(spec: Any) -> tuple[Any, int]:
         ds = ds.materialize()
     ds = ds.map_batches(augment_batch, batch_size=4, batch_format="numpy",
                         fn_kwargs={"crop_size": tuple(spec.data.crop_size), "flip_prob": spec.data.flip_prob})
+    return ds, count_rows(spec, uris)
+
+
+def build_valid_dataset(spec: Any) -> tuple[Any, int]:
+    """``(ray.data.Dataset, number of studies)`` of the valid split: the training crop size, no
+    flips, crops fixed by a seed so that every validation sees the same windows."""
+    import ray.data
+
+    uris = train_shard_uris(spec, "valid")
+    storage = storage_of(spec)
+    fs, _ = storage.arrow_fs(uris[0]) if is_s3(uris[0]) else (None, None)
+    paths = [storage.fs(u)[1] for u in uris] if fs is not None else uris
+    ds = ray.data.read_parquet(paths, filesystem=fs, columns=_TRAIN_COLUMNS).materialize()
+    ds = ds.map_batches(augment_batch, batch_size=4, batch_format="numpy",
+                        fn_kwargs={"crop_size": tuple(spec.data.crop_size), "flip_prob": 0.0, "seed": spec.seed})
     return ds, count_rows(spec, uris)
 
 

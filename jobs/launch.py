@@ -71,6 +71,10 @@ def run_phase(spec: JobSpec, phase: int, *, datasets: dict | None = None, num_tr
 
         ds, num_train_rows = build_train_dataset(resolved)
         datasets, collate_fn = {"train": ds}, collate_fn or COLLATE_FN
+        if resolved.phase(phase).validate_every_epochs:
+            from jobs.data import build_valid_dataset
+
+            datasets["valid"] = build_valid_dataset(resolved)[0]
     if num_train_rows is None:
         raise ValueError("num_train_rows is required with explicit datasets")
     steps_per_epoch(num_train_rows, plan.train)  # fail on the driver, before any worker starts

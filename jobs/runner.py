@@ -91,6 +91,11 @@ class PhasePlan:
         """Where the phase's final model goes (``task.export``): safetensors + JSON config."""
         return f"{self.run_uri}/export"
 
+    @property
+    def best_export_uri(self) -> str:
+        """Where the weights of the best validation go (``train.select_best``), beside the last."""
+        return f"{self.run_uri}/export_best"
+
 
 def steps_per_epoch(num_rows: int, cfg: TrainConfig) -> int:
     """Optimiser steps per epoch: full global batches only (drop_last), capped by max_steps_per_epoch."""
@@ -174,7 +179,7 @@ def train_fn_per_worker(config: dict) -> None:
         while state.epoch < plan.train.epochs:
             loop.run_epoch(state)
         if rank == 0:
-            _export(task, plan)
+            _export(task, plan, selection={"kind": "last", "epoch": state.epoch, "step": state.step})
     finally:
         tracker.close()
 
@@ -248,8 +253,67 @@ class _Loop:
             raise RuntimeError(f"rank {self.rank}: the data shard ran out after {state.step_in_epoch} of "
                                f"{self.steps_per_epoch} steps in epoch {state.epoch}")
         state.end_epoch()
+        if self.validation_due(state):
+            out.update(self.validate(state))
+            self.tracker.log(state.step, {k: v for k, v in out.items() if k.startswith("valid_")})
         if state.epoch % cfg.checkpoint_every_epochs == 0 or state.epoch >= cfg.epochs:
             self.checkpoint(state, out)
+
+    def validation_due(self, state: TrainState) -> bool:
+        every = self.plan.train.validate_every_epochs
+        return bool(every) and (state.epoch % every == 0 or state.epoch >= self.plan.train.epochs)
+
+    def validate(self, state: TrainState) -> dict[str, float]:
+        """Collective: the mean of each loss term over the valid split (every rank its shard, summed
+        with an all-reduce); on a new best (``select_best``) rank 0 writes ``export_best``."""
+        import ray.train
+        import torch.distributed as dist
+
+        from ctvlp.loop import validation_step
+
+        self.task.module.eval()
+        sums: dict[str, float] = {}
+        count = 0
+        shard = ray.train.get_dataset_shard("valid")
+        for batch in shard.iter_torch_batches(batch_size=self.micro, collate_fn=self.collate):
+            for key, value in validation_step(self.engine, self.task, batch,
+                                              channels_last=self.plan.train.channels_last).items():
+                sums[key] = sums.get(key, 0.0) + value
+            count += 1
+        self._train_mode()
+        keys = sorted(sums)
+        packed = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64)
+        if dist.is_initialized():
+            keys_all = [None] * dist.get_world_size()
+            dist.all_gather_object(keys_all, keys)  # ranks with no valid batch still agree on keys
+            keys = sorted({k for ks in keys_all for k in ks})
+            packed = torch.tensor([sums.get(k, 0.0) for k in keys] + [float(count)], dtype=torch.float64)
+            dist.all_reduce(packed)
+        if packed[-1] == 0:
+            raise RuntimeError("validation found no batch in the valid split: lower the micro-batch or "
+                               "set phases.phaseN.validate_every_epochs=0")
+        metrics = {f"valid_{k}": float(packed[i] / packed[-1]) for i, k in enumerate(keys)}
+        self._update_best(state, metrics)
+        return metrics
+
+    def _train_mode(self) -> None:
+        if hasattr(self.task, "train"):  # ctvlp.tasks keep frozen parts in eval mode
+            self.task.train()
+        else:
+            self.task.module.train()
+
+    def _update_best(self, state: TrainState, metrics: dict[str, float]) -> None:
+        cfg = self.plan.train
+        if cfg.select_best == "none":
+            return
+        value = metrics["valid_loss"]
+        if state.best_value is not None and value >= state.best_value:
+            return
+        state.best_value, state.best_epoch, state.best_step = value, state.epoch, state.step
+        if self.rank == 0:
+            _export(self.task, self.plan, uri=self.plan.best_export_uri,
+                    selection={"kind": "best", "metric": cfg.select_best, "value": value,
+                               "epoch": state.epoch, "step": state.step})
 
     def checkpoint(self, state: TrainState, metrics: dict) -> None:
         """Collective: every rank saves its shard and reports it; Ray merges them into one dir."""
@@ -282,16 +346,19 @@ def _tensorboard_dir(plan: PhasePlan) -> Path:
     return Path(tempfile.gettempdir()) / "ctvlp-tensorboard" / plan.run_name  # synced at checkpoints
 
 
-def _export(task, plan: PhasePlan) -> None:
-    """Rank 0 writes ``task.export`` output (+ meta) and copies it to ``plan.export_uri``."""
+def _export(task, plan: PhasePlan, uri: str | None = None, selection: dict | None = None) -> None:
+    """Rank 0 writes ``task.export`` output (+ meta) and copies it to ``uri`` (default
+    ``plan.export_uri``). ``selection`` (which weights these are: the last, or the best by which
+    validation figure at which epoch) is recorded in ``export_meta.json``."""
+    uri = uri or plan.export_uri
     with tempfile.TemporaryDirectory(prefix="ctvlp-export-") as tmp:
         task.export(tmp)
         meta = {"git_commit": plan.git_commit, "run_name": plan.run_name, "phase": plan.phase,
-                "model_config": plan.model_config}
+                "model_config": plan.model_config, "selection": selection or {"kind": "last"}}
         (Path(tmp) / "export_meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         (Path(tmp) / "resolved_spec.yaml").write_text(plan.resolved_spec_yaml)
-        copy_dir_to_uri(tmp, plan.export_uri, plan.storage)
-    print(f"[phase{plan.phase}] exported to {plan.export_uri}", flush=True)
+        copy_dir_to_uri(tmp, uri, plan.storage)
+    print(f"[phase{plan.phase}] exported to {uri} ({(selection or {}).get('kind', 'last')})", flush=True)
 
 
 # --------------------------------------------------------------------------------- the driver
@@ -323,6 +390,9 @@ def fit_phase(plan: PhasePlan, spec: Any, datasets: dict, *, num_train_rows: int
 
     if "train" not in datasets:
         raise ValueError(f"datasets must contain 'train', got {sorted(datasets)}")
+    if plan.train.validate_every_epochs and "valid" not in datasets:
+        raise ValueError(f"phases.phase{plan.phase}.validate_every_epochs is {plan.train.validate_every_epochs} "
+                         "but no 'valid' dataset was given (ingest writes one when data.valid_fraction > 0)")
     # Ray Train writes checkpoints through a pyarrow filesystem: s3fs wrapped (endpoint + SSE).
     fs, path = plan.storage.arrow_fs(plan.storage_path) if is_s3(plan.storage_path) else (None, plan.storage_path)
     resources = {"CPU": plan.cpus_per_worker}

@@ -63,6 +63,8 @@ class TrainConfig:
             ~1.35x on the 3D ResNet in bf16; on CPU it is ~3x slower, so the spec sets it on GPU only).
         seed: base seed; rank r seeds its data augmentation with ``seed + r``.
         log_every: console cadence in steps (TensorBoard gets every step).
+        validate_every_epochs: the valid split's loss every N epochs and after the last (0 = off).
+        select_best: the figure that picks the best export ("valid_loss": lowest; "none").
     """
 
     epochs: int
@@ -82,6 +84,8 @@ class TrainConfig:
     channels_last: bool = False
     seed: int = 0
     log_every: int = 10
+    validate_every_epochs: int = 0
+    select_best: str = "valid_loss"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.global_batch_size < 1:
@@ -127,6 +131,7 @@ def train_config_from_spec(spec: Any, phase: int, *, cuda: bool | None = None) -
         warmup_epochs=p.warmup_epochs, weight_decay=p.weight_decay, grad_clip=p.grad_clip,
         checkpoint_every_steps=p.checkpoint_every_steps, max_steps_per_epoch=p.max_steps_per_epoch,
         checkpoint_every_epochs=p.checkpoint_every_epochs,
+        validate_every_epochs=p.validate_every_epochs, select_best=p.select_best,
         zero_stage=res.zero_stage, bf16=bf16, seed=spec.seed,
         channels_last=bool(cuda and res.use_gpu and res.channels_last),
     )
@@ -138,7 +143,8 @@ class TrainState:
 
     ``step`` counts optimiser steps over the whole phase, ``step_in_epoch`` those of the current
     epoch (a resumed run skips that many batches of the epoch's stream), ``samples_seen`` is
-    global (all workers).
+    global (all workers). ``best_*`` describe the best validation so far (``select_best``), so
+    that a resumed run keeps comparing against it.
     """
 
     phase: int
@@ -146,6 +152,9 @@ class TrainState:
     step: int = 0
     step_in_epoch: int = 0
     samples_seen: int = 0
+    best_value: float | None = None
+    best_epoch: int = 0
+    best_step: int = 0
 
     def advance(self, global_batch_size: int) -> None:
         self.step += 1
@@ -341,6 +350,20 @@ def _forward_backward(engine, task, batch: Mapping[str, Any], channels_last: boo
     out = {k: float(v.detach()) for k, v in losses.items()}
     out["loss"] = float(total.detach())
     out.update({k: float(v) for k, v in metrics.items()})
+    return out
+
+
+@torch.no_grad()
+def validation_step(engine, task, batch: Mapping[str, Any], *, channels_last: bool = False) -> dict[str, float]:
+    """The task's loss terms on one batch, in eval mode, without gradients (the caller sets the
+    mode); ``task.validation_step(batch)`` replaces ``training_step`` where a task defines it.
+    Returns floats: every ``*_loss`` term and ``loss`` (their sum)."""
+    batch = to_device(batch, engine.device, None, channels_last)
+    step = getattr(task, "validation_step", None) or task.training_step
+    with bf16_autocast(engine.device, enabled=autocast_enabled(engine)):
+        losses, _ = step(batch)
+    out = {k: float(v) for k, v in losses.items() if k.endswith("_loss")}
+    out["loss"] = sum(out.values())
     return out
 
 

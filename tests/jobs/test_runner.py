@@ -136,3 +136,39 @@ def test_rerun_of_the_same_spec_resumes_after_a_failed_run(ray_session, tmp_path
     assert again.run_name == plan.run_name  # stable for the spec
     result = fit_toy(again, spec, kill_at_call=9, marker=str(marker))
     assert result.metrics["resumed_from_step"] == 8 and result.metrics["step"] == 12
+
+
+@pytest.mark.slow
+def test_best_validation_is_exported_beside_the_last(ray_session, tmp_path):
+    """Validation scripted to peak (lowest loss) at epoch 2 of 4: export_best holds exactly epoch
+    2's weights (the digest its checkpoint recorded), export holds the last, and both record
+    which they are, so "best = last" cannot pass."""
+    import hashlib
+
+    import ray
+
+    from ctvlp.loop import _digest_tree, load_safetensors
+    from jobs.runner import fit_phase
+    from tests.jobs.toy_task import toy_module
+
+    plan, spec = toy_plan(tmp_path, "phases.phase1.epochs=4", "phases.phase1.checkpoint_every_steps=0",
+                          "phases.phase1.validate_every_epochs=1")
+    datasets = {"train": ray.data.from_items(ROWS), "valid": ray.data.from_items(toy_rows(16, seed=7))}
+    result = fit_phase(plan, spec, datasets, num_train_rows=len(ROWS), task_factory=TOY_FACTORY,
+                       task_kwargs={"valid_script": [3.0, 1.0, 2.0, 4.0]})
+    assert result.metrics["valid_loss"] == pytest.approx(4.0)  # the last epoch's figure was reported
+
+    def digest(export: Path) -> str:
+        h = hashlib.sha256()
+        _digest_tree(h, "", load_safetensors(toy_module(), export / "model.safetensors").state_dict())
+        return h.hexdigest()
+
+    by_epoch = {int(p.name[-4:]): json.loads((p / "digest_rank0.json").read_text())["model_sha256"]
+                for p in checkpoints(plan)}
+    best, last = Path(plan.best_export_uri), Path(result.export_uri)
+    assert digest(best) == by_epoch[2] != by_epoch[4] == digest(last)
+    selection = json.loads((best / "export_meta.json").read_text())["selection"]
+    assert selection == {"kind": "best", "metric": "valid_loss", "value": 1.0, "epoch": 2, "step": 12}
+    assert json.loads((last / "export_meta.json").read_text())["selection"]["kind"] == "last"
+    meta = json.loads((checkpoints(plan)[-1] / "meta.json").read_text())
+    assert (meta["train_state"]["best_value"], meta["train_state"]["best_epoch"]) == (1.0, 2)

@@ -53,7 +53,7 @@ class ToyTask:
     required_keys = ("x", "y")
 
     def __init__(self, seed: int = 0, kill_at_call: int | None = None, marker: str | None = None,
-                 init_from: str | None = None) -> None:
+                 init_from: str | None = None, valid_script: list[float] | None = None) -> None:
         torch.manual_seed(seed)
         self.module = toy_module()
         if init_from:  # phase chaining: start from an earlier phase's export (safetensors)
@@ -63,6 +63,8 @@ class ToyTask:
         self.kill_at_call, self.marker = kill_at_call, marker
         self.calls = 0
         self.after_calls = 0
+        # valid_script[r]: the validation loss reported in validation round r (scripted peaks)
+        self.valid_script, self._valid_rounds, self._valid_at = valid_script, 0, None
 
     def _maybe_die(self) -> None:
         rank = dist.get_rank() if dist.is_initialized() else 0
@@ -86,6 +88,13 @@ class ToyTask:
 
     def after_step(self) -> None:
         self.after_calls += 1
+
+    def validation_step(self, batch):
+        if self.valid_script is None:
+            return self.training_step(batch)
+        if self._valid_at != self.after_calls:  # a new validation round (after more steps)
+            self._valid_rounds, self._valid_at = self._valid_rounds + 1, self.after_calls
+        return {"mse_loss": torch.tensor(self.valid_script[self._valid_rounds - 1])}, {}
 
     def export(self, out_dir) -> None:
         export_safetensors(self.module, out_dir, {"kind": "toy"})

@@ -277,6 +277,11 @@ class PhaseSpec(Strict):
     # model (a frozen text backbone too), which costs seconds per epoch on small demo epochs
     checkpoint_every_epochs: PosInt = 1
     max_steps_per_epoch: NonNegInt = 0  # 0 = the whole split; >0 caps an epoch (debug, tuning)
+    # The phase's loss on the valid split every N epochs (and after the last); 0 = no validation.
+    validate_every_epochs: NonNegInt = 0
+    # The figure that picks the weights written to <run>/export_best (beside <run>/export, the
+    # last): "valid_loss" (lowest); "none" writes no best export.
+    select_best: Literal["valid_loss", "none"] = "valid_loss"
     init: InitSpec = InitSpec()
 
     @model_validator(mode="before")
