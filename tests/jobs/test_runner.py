@@ -63,7 +63,8 @@ def test_two_worker_deepspeed_run_checkpoints_and_exports(ray_session, tmp_path)
     assert (last / "digest_rank0.json").is_file() and (last / "digest_rank1.json").is_file()
     meta = json.loads((last / "meta.json").read_text())
     assert meta["git_commit"] == "abc1234"
-    assert meta["train_state"] == {"phase": 1, "epoch": 2, "step": 12, "step_in_epoch": 0, "samples_seen": 96}
+    assert meta["train_state"] == {"phase": 1, "epoch": 2, "step": 12, "step_in_epoch": 0, "samples_seen": 96,
+                                   "best_value": None, "best_epoch": 0, "best_step": 0}  # no validation asked
     assert "toy" in (last / "resolved_spec.yaml").read_text()
     assert json.loads((last / "model_config.json").read_text()) == spec.model.model_dump(mode="json")
     assert result.metrics["step"] == 12 and result.metrics["samples_seen"] == 96
