@@ -29,6 +29,7 @@ import importlib
 import json
 import posixpath
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -207,6 +208,7 @@ class _Loop:
         collate = import_callable(config["collate_fn"]) if config.get("collate_fn") else None
         self.collate = collate() if isinstance(collate, type) else collate  # Ray's CollateFn classes
         self.micro, self.accumulation = plan.train.batch_split(plan.num_workers)
+        self.last_checkpoint = time.monotonic()
 
     def _batches(self, epoch: int):
         import ray.train
@@ -245,8 +247,7 @@ class _Loop:
             out.update(samples_per_s=cfg.global_batch_size / seconds, data_wait_frac=wait,
                        epoch=state.epoch, **memory_mb(self.engine.device))
             self.tracker.log(state.step, out)
-            every = cfg.checkpoint_every_steps
-            if every and state.step % every == 0 and state.step_in_epoch < self.steps_per_epoch:
+            if state.step_in_epoch < self.steps_per_epoch and self.checkpoint_due(state):
                 self.checkpoint(state, out)
                 timer.restart()
         if state.step_in_epoch < self.steps_per_epoch:
@@ -258,6 +259,23 @@ class _Loop:
             self.tracker.log(state.step, {k: v for k, v in out.items() if k.startswith("valid_")})
         if state.epoch % cfg.checkpoint_every_epochs == 0 or state.epoch >= cfg.epochs:
             self.checkpoint(state, out)
+
+    def checkpoint_due(self, state: TrainState) -> bool:
+        """Collective: a step checkpoint every ``checkpoint_every_steps`` steps, or once
+        ``checkpoint_every_minutes`` have passed since the last checkpoint by rank 0's clock
+        (broadcast, so that every rank checkpoints at the same step)."""
+        cfg = self.plan.train
+        if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
+            return True
+        if not cfg.checkpoint_every_minutes:
+            return False
+        import torch.distributed as dist
+
+        late = time.monotonic() - self.last_checkpoint >= 60.0 * cfg.checkpoint_every_minutes
+        flag = torch.tensor([float(late)], device=self.engine.device)
+        if dist.is_initialized():
+            dist.broadcast(flag, src=0)
+        return bool(flag.item())
 
     def validation_due(self, state: TrainState) -> bool:
         every = self.plan.train.validate_every_epochs
@@ -320,6 +338,7 @@ class _Loop:
         import ray.train
         from ray.train import Checkpoint
 
+        self.last_checkpoint = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="ctvlp-ckpt-") as tmp:
             save_checkpoint(self.engine, tmp, state)
             if self.rank == 0:

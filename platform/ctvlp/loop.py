@@ -55,6 +55,8 @@ class TrainConfig:
         grad_clip: global gradient-norm clip; 0 disables it.
         checkpoint_every_steps: checkpoint cadence in optimiser steps; 0 = epoch ends only.
         checkpoint_every_epochs: epoch-end checkpoints every this many epochs (and the last).
+        checkpoint_every_minutes: also checkpoint when this much wall time has passed since the
+            last checkpoint (0 = off): what a preemption can lose, in minutes.
         max_steps_per_epoch: cap on steps per epoch (debug, tuning); 0 = the whole split.
         zero_stage: DeepSpeed ZeRO stage (1 or 2).
         bf16: bf16 compute under autocast on float32 weights (DeepSpeed's ``torch_autocast`` mode;
@@ -78,6 +80,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     checkpoint_every_steps: int = 0
     checkpoint_every_epochs: int = 1
+    checkpoint_every_minutes: float = 0.0
     max_steps_per_epoch: int = 0
     zero_stage: int = 1
     bf16: bool = False
@@ -130,7 +133,7 @@ def train_config_from_spec(spec: Any, phase: int, *, cuda: bool | None = None) -
         grad_accumulation_steps=p.grad_accumulation_steps, lr=p.lr, min_lr=p.min_lr,
         warmup_epochs=p.warmup_epochs, weight_decay=p.weight_decay, grad_clip=p.grad_clip,
         checkpoint_every_steps=p.checkpoint_every_steps, max_steps_per_epoch=p.max_steps_per_epoch,
-        checkpoint_every_epochs=p.checkpoint_every_epochs,
+        checkpoint_every_epochs=p.checkpoint_every_epochs, checkpoint_every_minutes=p.checkpoint_every_minutes,
         validate_every_epochs=p.validate_every_epochs, select_best=p.select_best,
         zero_stage=res.zero_stage, bf16=bf16, seed=spec.seed,
         channels_last=bool(cuda and res.use_gpu and res.channels_last),

@@ -173,3 +173,19 @@ def test_best_validation_is_exported_beside_the_last(ray_session, tmp_path):
     assert json.loads((last / "export_meta.json").read_text())["selection"]["kind"] == "last"
     meta = json.loads((checkpoints(plan)[-1] / "meta.json").read_text())
     assert (meta["train_state"]["best_value"], meta["train_state"]["best_epoch"]) == (1.0, 2)
+
+
+@pytest.mark.slow
+def test_time_based_checkpoints_bound_what_a_kill_loses(ray_session, tmp_path):
+    """checkpoint_every_minutes (no step cadence): rank 0's clock decides for every rank, step
+    checkpoints appear between epoch ends, and a worker killed during step 9 resumes from a
+    checkpoint at most the interval (here about a step) behind, then ends where it should."""
+    marker = tmp_path / "killed"
+    plan, spec = toy_plan(tmp_path, "phases.phase1.checkpoint_every_steps=0",
+                          "phases.phase1.checkpoint_every_minutes=0.003")  # 0.18 s: about every step
+    result = fit_toy(plan, spec, kill_at_call=9, marker=str(marker))
+    assert marker.is_file()
+    assert result.metrics["resumed_from_step"] >= 7  # lost at most ~the interval, not the epoch (6 steps)
+    steps = [int(p.name[15:23]) for p in checkpoints(plan)]
+    assert len([s for s in steps if s % 6]) >= 3  # checkpoints inside epochs, by time
+    assert (result.metrics["step"], result.metrics["epoch"]) == (12, 2)

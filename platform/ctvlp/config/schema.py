@@ -273,6 +273,10 @@ class PhaseSpec(Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.05
     grad_clip: Annotated[float, Field(ge=0)] = 1.0  # 0 = off
     checkpoint_every_steps: NonNegInt = 0  # 0 = at epoch ends only
+    # Also checkpoint once this many minutes have passed since the last checkpoint (rank 0's clock,
+    # decided collectively each step): bounds what a spot preemption loses, whatever the epoch
+    # length (hours at the paper's scale). 0 = off.
+    checkpoint_every_minutes: Annotated[float, Field(ge=0)] = 20.0
     # epoch-end checkpoints every N epochs (the last epoch always): a checkpoint holds the whole
     # model (a frozen text backbone too), which costs seconds per epoch on small demo epochs
     checkpoint_every_epochs: PosInt = 1
