@@ -37,7 +37,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ctvlp.loop import TrainConfig, TrainState, build_engine, load_checkpoint, save_checkpoint, train_step
+from ctvlp.loop import (
+    TrainConfig, TrainState, average_batchnorm_stats, build_engine, load_checkpoint, save_checkpoint, train_step,
+)
 from ctvlp.tracking import MetricsTracker, StepTimer, memory_mb
 from ingest.storage import Storage, is_s3
 
@@ -179,6 +181,7 @@ def train_fn_per_worker(config: dict) -> None:
     try:
         while state.epoch < plan.train.epochs:
             loop.run_epoch(state)
+        average_batchnorm_stats(task.module)  # collective: the exported statistics are the workers' mean
         if rank == 0:
             _export(task, plan, selection={"kind": "last", "epoch": state.epoch, "step": state.step})
     finally:
@@ -287,8 +290,9 @@ class _Loop:
         import ray.train
         import torch.distributed as dist
 
-        from ctvlp.loop import validation_step
+        from ctvlp.loop import average_batchnorm_stats, validation_step
 
+        average_batchnorm_stats(self.task.module)
         self.task.module.eval()
         sums: dict[str, float] = {}
         count = 0

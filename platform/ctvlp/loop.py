@@ -61,6 +61,7 @@ class TrainConfig:
         zero_stage: DeepSpeed ZeRO stage (1 or 2).
         bf16: bf16 compute under autocast on float32 weights (DeepSpeed's ``torch_autocast`` mode;
             gradients reduced and accumulated in float32): ``ctvlp.precision``.
+        sync_batchnorm: BatchNorm layers as ``nn.SyncBatchNorm`` (CUDA only).
         channels_last: 5-D conv weights and image batches in ``torch.channels_last_3d`` (GPU:
             ~1.35x on the 3D ResNet in bf16; on CPU it is ~3x slower, so the spec sets it on GPU only).
         seed: base seed; rank r seeds its data augmentation with ``seed + r``.
@@ -84,6 +85,7 @@ class TrainConfig:
     max_steps_per_epoch: int = 0
     zero_stage: int = 1
     bf16: bool = False
+    sync_batchnorm: bool = False
     channels_last: bool = False
     seed: int = 0
     log_every: int = 10
@@ -135,7 +137,7 @@ def train_config_from_spec(spec: Any, phase: int, *, cuda: bool | None = None) -
         checkpoint_every_steps=p.checkpoint_every_steps, max_steps_per_epoch=p.max_steps_per_epoch,
         checkpoint_every_epochs=p.checkpoint_every_epochs, checkpoint_every_minutes=p.checkpoint_every_minutes,
         validate_every_epochs=p.validate_every_epochs, select_best=p.select_best,
-        zero_stage=res.zero_stage, bf16=bf16, seed=spec.seed,
+        zero_stage=res.zero_stage, bf16=bf16, seed=spec.seed, sync_batchnorm=res.sync_batchnorm,
         channels_last=bool(cuda and res.use_gpu and res.channels_last),
     )
 
@@ -258,6 +260,41 @@ def _broadcast_scalar_params(module: torch.nn.Module) -> None:
             p.ds_optim_param = True
 
 
+def convert_sync_batchnorm(module: torch.nn.Module) -> None:
+    """Replace every BatchNorm of ``module``'s children by ``nn.SyncBatchNorm`` in place (weights
+    and statistics kept). torch implements SyncBatchNorm for CUDA only, so CPU runs are refused."""
+    if not torch.cuda.is_available():
+        raise ValueError("resources.sync_batchnorm needs CUDA (torch has no CPU SyncBatchNorm); set it to false")
+    for name, child in module.named_children():
+        setattr(module, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))
+
+
+@torch.no_grad()
+def average_batchnorm_stats(module: torch.nn.Module) -> int:
+    """Collective: replace every BatchNorm's running mean and variance by their mean over ranks.
+
+    Without SyncBatchNorm each rank's statistics follow its own micro-batches, and DeepSpeed
+    broadcasts parameters, not buffers; averaging before validation and export makes the exported
+    statistics the workers' consensus (the mean of the running means; the mean of the running
+    variances omits the spread of the rank means, which shrinks as the EMA averages many batches).
+    Returns the number of BatchNorm layers (0 changes nothing).
+    """
+    layers = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+              and m.track_running_stats]
+    if not layers or not dist.is_initialized() or dist.get_world_size() == 1:
+        return len(layers)
+    flat = torch.cat([torch.cat([m.running_mean, m.running_var]) for m in layers])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for m in layers:
+        n = m.running_mean.numel()
+        m.running_mean.copy_(flat[offset : offset + n])
+        m.running_var.copy_(flat[offset + n : offset + 2 * n])
+        offset += 2 * n
+    return len(layers)
+
+
 def build_engine(module: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int):
     """Wrap ``module`` in a DeepSpeed engine with AdamW and the warm-up/cosine schedule.
 
@@ -273,6 +310,8 @@ def build_engine(module: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int
     ensure_process_group()
     deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False)
     _broadcast_scalar_params(module)
+    if cfg.sync_batchnorm:
+        convert_sync_batchnorm(module)
     if cfg.channels_last:
         module.to(memory_format=torch.channels_last_3d)  # 5-D weights only; the rest is unchanged
     optimizer = torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))

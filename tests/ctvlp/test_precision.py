@@ -214,3 +214,35 @@ def test_evaluation_in_bf16_gives_the_float32_aucs(process_group, tmp_path):
     for j in range(labels.shape[1]):
         a32, a16 = (roc_auc_score(labels[:, j], scores[b][:, j]) for b in (False, True))
         assert abs(a32 - a16) <= 0.03, (j, a32, a16)
+
+
+# ------------------------------------------------------------------------------ BatchNorm across ranks
+def test_batchnorm_statistics_are_averaged_over_ranks(tmp_path):
+    from tests.ctvlp.gloo import run_ranks
+
+    run_ranks(_bn_average, tmp_path)
+
+
+def _bn_average(rank: int, world: int) -> None:
+    from torch import nn
+
+    from ctvlp.loop import average_batchnorm_stats
+
+    net = nn.Sequential(nn.Conv3d(1, 2, 1), nn.BatchNorm3d(2), nn.ReLU(), nn.BatchNorm3d(2))
+    with torch.no_grad():
+        for i, m in enumerate(m for m in net if isinstance(m, nn.BatchNorm3d)):
+            m.running_mean.fill_(rank + i)
+            m.running_var.fill_(1.0 + 2 * rank)
+    assert average_batchnorm_stats(net) == 2
+    bn = [m for m in net if isinstance(m, nn.BatchNorm3d)]
+    assert torch.equal(bn[0].running_mean, torch.full((2,), 0.5)) and torch.equal(bn[1].running_mean, torch.full((2,), 1.5))
+    assert torch.equal(bn[0].running_var, torch.full((2,), 2.0))
+
+
+def test_sync_batchnorm_is_refused_on_cpu():
+    from torch import nn
+
+    from ctvlp.loop import convert_sync_batchnorm
+
+    with pytest.raises(ValueError, match="resources.sync_batchnorm needs CUDA"):
+        convert_sync_batchnorm(nn.ModuleDict({"v": nn.Sequential(nn.BatchNorm3d(2))}))

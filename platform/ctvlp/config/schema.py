@@ -343,6 +343,10 @@ class ResourcesSpec(Strict):
     bf16: Literal["auto"] | bool = "auto"  # auto = on with a GPU
     activation_checkpointing: bool = False
     channels_last: bool = True  # channels_last_3d on GPU
+    # BatchNorm statistics computed over the global batch (nn.SyncBatchNorm, CUDA only: torch has no
+    # CPU implementation). Off by default: an all-gather per BN layer per step. Either way the
+    # running statistics are averaged over the workers before validation and export (docs/training.md).
+    sync_batchnorm: bool = False
     max_failures: NonNegInt = 1  # worker-group restarts before a run fails
 
 
