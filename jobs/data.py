@@ -13,6 +13,7 @@ would need the epoch inside the map, which Ray Data does not give).
 
 from __future__ import annotations
 
+import json
 import posixpath
 from typing import Any
 
@@ -76,21 +77,27 @@ def augment_batch(batch: dict[str, np.ndarray], crop_size: tuple[int, int, int],
     """
     rng = np.random.default_rng(seed)
     n = len(batch["study_id"])
-    out: dict[str, list] = {k: [] for k in ("study_id", "image", "mask", "abnormal", "intact", "input_ids")}
+    keys = ("study_id", "image", "mask", "abnormal", "intact", "input_ids", "disease_labels")
+    out: dict[str, list] = {k: [] for k in keys}
     for i in range(n):
         sample = train_augment(decode_sample({k: batch[k][i] for k in batch}), crop_size, flip_prob, rng)
         for key in ("study_id", "abnormal", "intact"):
             out[key].append(sample[key])
+        out["disease_labels"].append(json.dumps(sample["disease_labels"]))  # for validation AUCs
         out["image"].append(np.ascontiguousarray(sample["image"]))
         out["mask"].append(np.ascontiguousarray(sample["mask"]))
         out["input_ids"].append([ids.tolist() for ids in sample["input_ids"]])
-    return {k: (v if k == "input_ids" else np.stack(v)) for k, v in out.items()}
+    return {k: (v if k == "input_ids" else np.asarray(v) if k == "disease_labels" else np.stack(v))
+            for k, v in out.items()}
 
 
 def collate_columns(batch: dict[str, np.ndarray]) -> dict:
     """``iter_torch_batches`` collate: columnar numpy batch -> ``ctvlp.data.collate`` batch contract."""
     n = len(batch["study_id"])
-    return collate([{k: batch[k][i] for k in batch} for i in range(n)])
+    out = collate([{k: batch[k][i] for k in batch} for i in range(n)])
+    if "disease_labels" in batch:  # per-study dicts, read by validation's zero-shot AUC
+        out["disease_labels"] = [json.loads(x) for x in batch["disease_labels"]]
+    return out
 
 
 class CollateColumns(NumpyBatchCollateFn):

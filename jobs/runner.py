@@ -212,6 +212,7 @@ class _Loop:
         self.collate = collate() if isinstance(collate, type) else collate  # Ray's CollateFn classes
         self.micro, self.accumulation = plan.train.batch_split(plan.num_workers)
         self.last_checkpoint = time.monotonic()
+        self.spec = config["spec"]
 
     def _batches(self, epoch: int):
         import ray.train
@@ -294,6 +295,7 @@ class _Loop:
 
         average_batchnorm_stats(self.task.module)
         self.task.module.eval()
+        zero_shot = _ZeroShotValidation(self) if self.plan.train.validate_zero_shot else None
         sums: dict[str, float] = {}
         count = 0
         shard = ray.train.get_dataset_shard("valid")
@@ -301,6 +303,8 @@ class _Loop:
             for key, value in validation_step(self.engine, self.task, batch,
                                               channels_last=self.plan.train.channels_last).items():
                 sums[key] = sums.get(key, 0.0) + value
+            if zero_shot is not None:
+                zero_shot.add(batch)
             count += 1
         self._train_mode()
         keys = sorted(sums)
@@ -315,6 +319,8 @@ class _Loop:
             raise RuntimeError("validation found no batch in the valid split: lower the micro-batch or "
                                "set phases.phaseN.validate_every_epochs=0")
         metrics = {f"valid_{k}": float(packed[i] / packed[-1]) for i, k in enumerate(keys)}
+        if zero_shot is not None:
+            metrics["valid_macro_auc"] = zero_shot.macro_auc()  # collective
         self._update_best(state, metrics)
         return metrics
 
@@ -328,8 +334,11 @@ class _Loop:
         cfg = self.plan.train
         if cfg.select_best == "none":
             return
-        value = metrics["valid_loss"]
-        if state.best_value is not None and value >= state.best_value:
+        value = metrics[cfg.select_best]
+        higher = cfg.select_best == "valid_macro_auc"
+        if value != value:  # NaN (no disease with both classes in the valid split): never a best
+            return
+        if state.best_value is not None and (value <= state.best_value if higher else value >= state.best_value):
             return
         state.best_value, state.best_epoch, state.best_step = value, state.epoch, state.step
         if self.rank == 0:
@@ -353,6 +362,52 @@ class _Loop:
         self.tracker.flush()
         if self.rank == 0 and is_s3(self.plan.storage_path):
             copy_dir_to_uri(self.tracker.log_dir, f"{self.plan.run_uri}/tensorboard", self.plan.storage)
+
+
+class _ZeroShotValidation:
+    """Zero-shot scores of the valid crops against spec.eval's prompt pairs, with the live text
+    encoder and the task's image embeddings (phases 2 and 4), macro AUC over all ranks."""
+
+    def __init__(self, loop: "_Loop") -> None:
+        from ctvlp.eval.zeroshot import PromptBank
+        from ctvlp.loop import autocast_enabled
+
+        self.loop, spec = loop, loop.spec
+        self.bf16 = autocast_enabled(loop.engine)
+        diseases = spec.eval.disease_list(spec.data)
+        self.bank = PromptBank.from_text_encoder(spec, loop.task.module["text"], diseases,
+                                                 loop.engine.device, self.bf16)
+        self.scores: list = []
+        self.labels: list = []
+
+    @torch.no_grad()
+    def add(self, batch: dict) -> None:
+        from types import SimpleNamespace
+
+        from ctvlp.eval.zeroshot import label_matrix
+        from ctvlp.loop import to_device
+        from ctvlp.precision import bf16_autocast
+
+        device = self.loop.engine.device
+        on_device = to_device(batch, device, None, self.loop.plan.train.channels_last)
+        with bf16_autocast(device, self.bf16):
+            out = self.loop.task.image_embeddings(on_device)
+        emb = SimpleNamespace(embeds=out["embeds"].float().cpu().numpy(), present=out["valid"].cpu().numpy())
+        self.scores.append(self.bank.score(emb))
+        self.labels.append(label_matrix(batch["disease_labels"], self.bank.names))
+
+    def macro_auc(self) -> float:
+        import torch.distributed as dist
+
+        from ctvlp.eval.zeroshot import macro_auc
+
+        mine = (np.concatenate(self.scores) if self.scores else np.zeros((0, len(self.bank.names))),
+                np.concatenate(self.labels) if self.labels else np.zeros((0, len(self.bank.names))))
+        parts = [mine]
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, mine)
+        return macro_auc(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
 
 def _write_checkpoint_meta(directory: Path, plan: PhasePlan, state: TrainState) -> None:

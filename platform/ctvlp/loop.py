@@ -67,7 +67,9 @@ class TrainConfig:
         seed: base seed; rank r seeds its data augmentation with ``seed + r``.
         log_every: console cadence in steps (TensorBoard gets every step).
         validate_every_epochs: the valid split's loss every N epochs and after the last (0 = off).
-        select_best: the figure that picks the best export ("valid_loss": lowest; "none").
+        select_best: the figure that picks the best export ("valid_loss": lowest;
+            "valid_macro_auc": highest; "none").
+        validate_zero_shot: validation also scores zero-shot macro AUC (tasks with a text side).
     """
 
     epochs: int
@@ -91,6 +93,7 @@ class TrainConfig:
     log_every: int = 10
     validate_every_epochs: int = 0
     select_best: str = "valid_loss"
+    validate_zero_shot: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.global_batch_size < 1:
@@ -137,6 +140,7 @@ def train_config_from_spec(spec: Any, phase: int, *, cuda: bool | None = None) -
         checkpoint_every_steps=p.checkpoint_every_steps, max_steps_per_epoch=p.max_steps_per_epoch,
         checkpoint_every_epochs=p.checkpoint_every_epochs, checkpoint_every_minutes=p.checkpoint_every_minutes,
         validate_every_epochs=p.validate_every_epochs, select_best=p.select_best,
+        validate_zero_shot=p.validate_zero_shot,
         zero_stage=res.zero_stage, bf16=bf16, seed=spec.seed, sync_batchnorm=res.sync_batchnorm,
         channels_last=bool(cuda and res.use_gpu and res.channels_last),
     )

@@ -285,7 +285,10 @@ class PhaseSpec(Strict):
     validate_every_epochs: NonNegInt = 0
     # The figure that picks the weights written to <run>/export_best (beside <run>/export, the
     # last): "valid_loss" (lowest); "none" writes no best export.
-    select_best: Literal["valid_loss", "none"] = "valid_loss"
+    select_best: Literal["valid_loss", "valid_macro_auc", "none"] = "valid_loss"
+    # Also the zero-shot macro AUC of spec.eval's diseases on the valid crops (phases 2 and 4;
+    # valid_macro_auc, highest wins, can then pick the best export).
+    validate_zero_shot: bool = False
     init: InitSpec = InitSpec()
 
     @model_validator(mode="before")
@@ -309,6 +312,11 @@ class PhasesSpec(Strict):
     @model_validator(mode="after")
     def _init_graph(self):
         for n in (1, 2, 3, 4):
+            p = getattr(self, f"phase{n}")
+            if p.validate_zero_shot and n not in (2, 4):
+                raise ValueError(f"phase{n}.validate_zero_shot: only phases 2 and 4 have a text side to score with")
+            if p.select_best == "valid_macro_auc" and not p.validate_zero_shot:
+                raise ValueError(f"phase{n}.select_best=valid_macro_auc needs phase{n}.validate_zero_shot=true")
             for part, ref in getattr(self, f"phase{n}").init.refs().items():
                 if is_phase_ref(ref) and int(ref[-1]) >= n:
                     raise ValueError(

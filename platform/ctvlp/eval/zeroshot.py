@@ -77,7 +77,7 @@ class PromptBank:
             self.anatomy_index[d.name] = model.anatomies.index(d.anatomy)
             self.prompts[d.name] = self.encode_texts(model, [t for pair in d.prompts for t in pair],
                                                 self.anatomy_index[d.name]).view(len(d.prompts), 2, -1)
-        self.tau = float(model.parts["text"].temperature())
+        self.tau = float(model.parts["text"].temperature().detach())
 
     @staticmethod
     @torch.no_grad()
@@ -91,6 +91,13 @@ class PromptBank:
             out = model.parts["text"](ids_NT.to(model.device), mask_NT.to(model.device), which)
         return out.float().cpu()
 
+    @classmethod
+    def from_text_encoder(cls, spec: Any, text: torch.nn.Module, diseases: Sequence[Any],
+                          device: torch.device, bf16: bool = False) -> "PromptBank":
+        """A bank over a live text encoder (validation during training), not an export. The
+        caller puts ``text`` in eval mode; nothing here changes it."""
+        return cls(_LiveText(spec, text, device, bf16), diseases)  # type: ignore[arg-type]
+
     def score(self, emb: StudyEmbeddings) -> np.ndarray:
         """Scores [S, D] (columns in ``self.names`` order); NaN where the anatomy is absent."""
         s = emb.embeds.shape[0]
@@ -102,6 +109,37 @@ class PromptBank:
                 v = torch.from_numpy(np.ascontiguousarray(emb.embeds[rows, j]))
                 out[rows, k] = pair_probability(v, self.prompts[name], self.tau).numpy()
         return out
+
+
+class _LiveText:
+    """The attributes of :class:`EvalModel` that :class:`PromptBank` reads, over a live module."""
+
+    def __init__(self, spec: Any, text: torch.nn.Module, device: torch.device, bf16: bool) -> None:
+        from ctvlp.models.text import build_tokenizer
+
+        self.spec, self.device, self.bf16, self.phase = spec, torch.device(device), bf16, 0
+        self.parts, self.has_text = {"text": text}, True
+        self.anatomies = list(spec.data.anatomies)
+        self.tokenizer = build_tokenizer(spec.model.text.name_or_path)
+
+    def autocast(self):
+        from ctvlp.precision import bf16_autocast
+
+        return bf16_autocast(self.device, self.bf16)
+
+
+def macro_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean ROC AUC over the columns (diseases) with both classes among their finite cells;
+    NaN when none has. scores, labels: [S, D] (NaN = not evaluated)."""
+    from sklearn.metrics import roc_auc_score
+
+    aucs = []
+    for d in range(scores.shape[1]):
+        ok = np.isfinite(scores[:, d]) & np.isfinite(labels[:, d])
+        y = labels[ok, d]
+        if ok.any() and 0 < y.sum() < len(y):
+            aucs.append(roc_auc_score(y, scores[ok, d]))
+    return float(np.mean(aucs)) if aucs else float("nan")
 
 
 def label_matrix(disease_labels: Sequence[Mapping[str, Any]], names: Sequence[str]) -> np.ndarray:

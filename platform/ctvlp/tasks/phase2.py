@@ -70,7 +70,10 @@ class AlignmentTask(Task):
                                                    spec.data.hu_window)
         self.module["text"] = build_text_encoder(spec.model, self.num_anatomies)
 
+    def image_embeddings(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"embeds": [B, M, E], "valid": [B, M]}: what zero-shot scoring compares with prompts."""
+        return self.module["vision"](batch["image"], batch["mask"])
+
     def training_step(self, batch: dict[str, torch.Tensor]) -> tuple[Losses, Metrics]:
         self.check_batch(batch)
-        img = self.module["vision"](batch["image"], batch["mask"])
-        return alignment_loss(self.spec, self.module["text"], img, batch)
+        return alignment_loss(self.spec, self.module["text"], self.image_embeddings(batch), batch)

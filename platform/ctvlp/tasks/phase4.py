@@ -37,8 +37,11 @@ class BoostedAlignmentTask(Task):
                                                           spec.model.perception_activation)
         self.freeze("vqvae")
 
+    def image_embeddings(self, batch: dict[str, torch.Tensor]) -> dict:
+        """Boosted anatomy embeddings {"embeds": [B, M, E], "valid": [B, M], ...}."""
+        return boosted_forward(self.module["vision"], self.module["vqvae"], self.module["perception"],
+                               batch["image"], batch["mask"])
+
     def training_step(self, batch: dict[str, torch.Tensor]) -> tuple[Losses, Metrics]:
         self.check_batch(batch)
-        img = boosted_forward(self.module["vision"], self.module["vqvae"], self.module["perception"],
-                              batch["image"], batch["mask"])
-        return alignment_loss(self.spec, self.module["text"], img, batch)
+        return alignment_loss(self.spec, self.module["text"], self.image_embeddings(batch), batch)
