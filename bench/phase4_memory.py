@@ -105,9 +105,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--anatomies", type=int, nargs="+", default=[4, 16])
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "phase4_memory.json")
+    p.add_argument("--from-log", type=Path, help="write the results of rows printed by an earlier run")
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child, args.anatomies[0], args.batch)))
+        return
+    if args.from_log:  # rows printed by an earlier (interrupted) run, one dict per line
+        import ast
+
+        rows = [ast.literal_eval(line) for line in args.from_log.read_text().splitlines() if line.startswith("{")]
+        write_results(rows, sorted({r["M"] for r in rows}), args.out)
         return
     rows = []
     for m in args.anatomies:
@@ -117,24 +124,30 @@ def main(argv: list[str] | None = None) -> None:
             res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
+    write_results(rows, args.anatomies, args.out)
+
+
+def write_results(rows: list[dict], anatomies: list[int], out: Path) -> None:
     load = os.getloadavg()[0]
-    args.out.write_text(json.dumps({"rows": rows, "load_avg_1m": load}, indent=2) + "\n")
+    out.write_text(json.dumps({"rows": rows, "load_avg_1m": load}, indent=2) + "\n")
     lines = ["# Phase-4 step peak memory: levels concatenated (before) vs pooled as a list (now)", "",
              f"`python bench/phase4_memory.py` (one subprocess per row, {'CUDA peak allocated' if torch.cuda.is_available() else 'CPU peak RSS'}; "
              f"load average {load:.1f})", "",
-             "Peak: the step's maximum; after forward: what is resident when the backward starts (the",
-             "concatenated keys are saved for the pooling's backward and freed there, before the backward of",
-             "the encoder, which holds the step's peak).", "",
+             "Peak: the step's maximum; after forward: what is resident when the backward starts. Both",
+             "variants hold the same after the forward: the pooling's backward saves the level tokens either",
+             "way (the concatenation took their place among the saved tensors instead of adding to them), so",
+             "the removed copy was transient and shows only in the peak. The analytic column is the copy and",
+             "its gradient, B x L1-3 x C x 4 B x 2, which the old code allocated once each per step.", "",
              "| M | B | crop | L1-3 tokens | peak concat / list GiB | after forward concat / list GiB | analytic removed GiB | loss concat / list |",
              "|---|---|---|---|---|---|---|---|"]
-    for m in args.anatomies:
+    for m in anatomies:
         cat = next(r for r in rows if r["M"] == m and r["variant"] == "concat")
         lst = next(r for r in rows if r["M"] == m and r["variant"] == "list")
         lines.append(f"| {m} | {cat['B']} | {'x'.join(map(str, cat['crop']))} | {cat['L1_3']} | "
                      f"{cat['peak_gib']:.2f} / {lst['peak_gib']:.2f} | {cat['after_forward_gib']:.2f} / "
                      f"{lst['after_forward_gib']:.2f} | {cat['analytic_removed_gib']:.2f} | "
                      f"{cat['loss']:.6f} / {lst['loss']:.6f} |")
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
