@@ -32,6 +32,7 @@ import fsspec
 
 log = logging.getLogger(__name__)
 # Errors that retrying cannot fix: raised at once.
+_NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError")  # botocore's, by name: lazy import
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError, TypeError)
 
 
@@ -122,7 +123,11 @@ class Storage:
                 return fn()
             except _PERMANENT:
                 raise
-            except Exception as err:  # noqa: BLE001 - network errors come in many types
+            except Exception as err:
+                if type(err).__name__ in _NO_CREDENTIALS:
+                    raise OSError(f"storage: {what} {uri}: no storage credentials on this node ({type(err).__name__}); "
+                                  "they come from the node: its instance profile, or the environment "
+                                  "of `ray start` / of the driver (docs/training.md)") from err
                 if attempt == attempts:
                     raise OSError(
                         f"storage: {what} {uri} failed {attempts} times ({type(err).__name__}: {err}); "
