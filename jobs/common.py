@@ -99,10 +99,10 @@ def preflight_cluster(spec: Any, **needs: Any) -> None:
 CODE_DIRS = ("platform/ctvlp", "jobs", "ingest", "tune")
 
 
-def content_hash(root: Path = REPO_ROOT) -> str:
+def content_hash(root: Path | None = None) -> str:
     """sha256 over the paths and bytes of the code (``CODE_DIRS``' ``.py``/``.yaml`` files): the
     identity of a submitted working directory that is not a git checkout."""
-    h = hashlib.sha256()
+    root, h = root or REPO_ROOT, hashlib.sha256()
     for part in CODE_DIRS:
         for f in sorted((root / part).rglob("*")):
             if f.is_file() and f.suffix in (".py", ".yaml"):
