@@ -162,7 +162,7 @@ class DataStallError(RuntimeError):
 def with_stall_timeout(batches: Iterable, seconds: float, describe: Callable[[], str]) -> Iterator:
     """Yield ``batches``, raising :class:`DataStallError` when the next one takes over ``seconds``.
 
-    The batches are pulled in a helper thread (one batch ahead) so that a pipeline blocked
+    The batches are pulled in a helper thread (at most two ahead) so that a pipeline blocked
     inside Ray Data, which no Python timeout can interrupt, still fails this worker. The clock
     runs only while the loop waits for a batch, not while it trains. ``seconds`` 0 = no limit.
     """
@@ -172,20 +172,24 @@ def with_stall_timeout(batches: Iterable, seconds: float, describe: Callable[[],
     box: queue.Queue = queue.Queue(maxsize=1)
     stop, end = threading.Event(), object()
 
+    def offer(item) -> bool:
+        """Put ``item`` for the consumer; False once the consumer has gone."""
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=1.0)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def pump() -> None:
         try:
             for item in batches:
-                while not stop.is_set():
-                    try:
-                        box.put(item, timeout=1.0)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(item):
                     return
-            box.put(end)
+            offer(end)
         except BaseException as err:  # noqa: BLE001 - handed to the consumer, raised there
-            box.put(err)
+            offer(err)
 
     threading.Thread(target=pump, name="ctvlp-batch-pump", daemon=True).start()
     try:
