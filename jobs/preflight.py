@@ -78,7 +78,8 @@ def check_uri(key: str, uri: str | None) -> list[Problem]:
 
 
 def _uri_problems(spec: JobSpec, phases: tuple[int, ...], ingest: bool, evaluate: bool) -> list[Problem]:
-    problems = check_uri("storage.root", spec.storage.root)
+    # ingest writes only under data.shards_uri: its storage.root is not its business
+    problems = check_uri("storage.root", spec.storage.root) if phases or evaluate or not ingest else []
     if ingest or phases or evaluate:
         problems += check_uri("data.shards_uri", spec.data.shards_uri)
         if not spec.data.shards_uri:

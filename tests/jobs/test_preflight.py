@@ -58,6 +58,7 @@ CASES = [
     ("shards unset for training", "phase1", ["data.shards_uri=null"], "data.shards_uri"),
     ("relative storage root under job submit", "phase1+submit", ["storage.root=runs"], "storage.root"),
     ("relative shards under job submit", "pipeline+submit", ["data.shards_uri=demo_out/shards"], "data.shards_uri"),
+    ("relative source under job submit", "ingest+submit", ["data.source_uri=corpus"], "data.source_uri"),
     ("evaluation of a missing export", "evaluate", ["eval.model={tmp}/missing_export"], "eval.model"),
     ("secret pasted as an unknown key", "pipeline", [f"storage.aws_secret_access_key={CANARY}"],
      "storage.aws_secret_access_key"),
@@ -157,6 +158,16 @@ def test_a_spec_that_fits_passes(tmp_path):
     assert check_spec(spec, phases=(1, 2, 3, 4), ingest=True) == []
     assert check_cluster(spec, phases=(1, 2, 3, 4), capacity={"CPU": 2.0}) == []
     assert check_cluster(spec, phases=(1,), capacity={"CPU": 1.5})  # no CPU left for Ray Data
+
+
+def test_ingest_under_job_submit_ignores_storage_root(tmp_path, monkeypatch):
+    from ctvlp.config import load_spec
+    from jobs.preflight import check_spec
+
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    spec = load_spec(None, [*DEBUG, f"data.source_uri={tmp_path}", f"data.shards_uri={tmp_path}/s"])
+    assert spec.storage.root == "runs" and check_spec(spec, ingest=True) == []  # ingest writes no run
+    assert [p.key for p in check_spec(spec, phases=(1,))] == ["storage.root"]
 
 
 def test_an_autoscaling_cluster_counts_what_it_may_launch(monkeypatch):
