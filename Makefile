@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-slow bench golden clean
+.PHONY: install demo test test-slow bench golden clean image
 
 install: $(STAMP)
 
@@ -49,3 +49,9 @@ bench: install
 
 clean:
 	rm -rf $(VENV) demo_out runs .pytest_cache
+
+# The cluster image (docker/Dockerfile), tagged with the ctvlp version that cluster.yaml names.
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' platform/ctvlp/__init__.py)
+image:
+	docker build -f docker/Dockerfile --build-arg GIT_COMMIT=$$(git rev-parse HEAD) -t ctvlp:$(VERSION) .
+	@echo "push: docker tag ctvlp:$(VERSION) <account>.dkr.ecr.us-east-1.amazonaws.com/ctvlp:$(VERSION) && docker push ..."

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from jobs.common import REPO_ROOT, parse_cli, runtime_env
+from jobs.common import REPO_ROOT, parse_cli, preflight_cluster, preflight_spec, runtime_env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     from ingest.storage import join
 
     spec, args = parse_cli("Ingest CT studies from object storage into training shards.", argv)
+    preflight_spec(spec, dry_run=args.dry_run, ingest=True)  # before the output folder exists: nothing pinned
     try:
         cfg = IngestConfig.from_spec(spec)
     except ValueError as err:
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         env = runtime_env()
         env["py_modules"] = [*env["py_modules"], str(REPO_ROOT / "ingest")]
         ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env=env)
+    preflight_cluster(spec, ingest=True)
     cfg.stage.storage.write_bytes(join(cfg.shards_uri, "resolved_spec.yaml"), to_yaml(spec).encode())
     run_ingest(cfg)
     return 0

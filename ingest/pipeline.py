@@ -247,9 +247,9 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[st
 
     t0 = time.perf_counter()
     if cfg.segmentation == "totalsegmentator":
-        from ingest.segment import preflight
+        from jobs.preflight import require_segmentation
 
-        preflight(cfg)  # stops before anything is read or written without GPU / nnU-Net / weights
+        require_segmentation(cfg.totalseg_fast)  # before anything is read or written (jobs/preflight.py)
     plan = prepare(cfg, log)
     pending = plan["pending"]
     names = sorted(pending.shard.unique())

@@ -4,8 +4,9 @@ Used only when ``ingest.segmentation = totalsegmentator``; supplied masks are al
 are. Each actor loads TotalSegmentator once (through its Python API, ``task="total"``, ``fast`` as
 an option) with weights from its home directory on the cluster image (``TOTALSEG_HOME_DIR`` /
 ``TOTALSEG_WEIGHTS_PATH``, else ``~/.totalsegmentator``). Without a GPU in the cluster, without
-the nnU-Net stack (the ``seg`` extra) or without the weights, :func:`preflight` stops the job
-with a message saying what is missing, before any study is decoded; a fake mask is never made.
+the nnU-Net stack (the ``seg`` extra) or without the weights, ``jobs/preflight.py`` (using
+:func:`missing_requirements`) stops the job with a message saying what is missing, before any
+study is decoded; a fake mask is never made.
 """
 
 from __future__ import annotations
@@ -46,20 +47,6 @@ def missing_requirements(fast: bool, num_gpus: float) -> list[str]:
                             "(set TOTALSEG_HOME_DIR or run totalseg_download_weights on the image)")
             break
     return problems
-
-
-def preflight(cfg: Any) -> None:
-    """Raise RuntimeError naming every missing piece when segmentation cannot run."""
-    import ray
-
-    problems = missing_requirements(cfg.totalseg_fast, ray.cluster_resources().get("GPU", 0))
-    if problems:
-        raise RuntimeError(
-            "ingest.segmentation=totalsegmentator cannot run, nothing was processed:\n  - "
-            + "\n  - ".join(problems)
-            + "\nSupply masks (mask_uri / the masks/ folder) and set ingest.segmentation=supplied, "
-            "or run on a GPU node with the weights."
-        )
 
 
 class TotalSegmentatorActor:

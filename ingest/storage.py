@@ -7,20 +7,33 @@ the one client here that can ask for server-side encryption on every write
 SSE-S3 option). Credentials come from the environment / instance role through botocore's usual
 chain, never from the spec: only the endpoint URL is configuration.
 
+Every S3 call has a timeout (``storage.timeout_s``) and at most ``storage.max_attempts``
+attempts, each failed one logged as a warning, so an endpoint that stops answering becomes an
+error naming the URI and the keys instead of a silent wait (botocore's and s3fs's own silent
+retries are off for them: the count here is the whole count; the pyarrow filesystem handed to
+Ray Data and Ray Train keeps s3fs's bounded retries with the same timeouts).
+
 Local writes go to a temporary name and are renamed into place, and S3 objects appear only when
 their upload completes, so a killed job never leaves a half-written file under a final name.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
+import time
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import fsspec
+
+log = logging.getLogger(__name__)
+# Errors that retrying cannot fix: raised at once.
+_NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError")  # botocore's, by name: lazy import
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError, TypeError)
 
 
 def is_s3(uri: str) -> bool:
@@ -40,28 +53,46 @@ class Storage:
         endpoint_url: S3 endpoint (``spec.storage.s3_endpoint_url``); ignored for local paths.
         sse: server-side encryption asked for on every S3 write ("AES256" or "aws:kms"); None
             turns it off (for stores that reject the header).
+        timeout_s: connect and read timeout of each S3 request (``storage.timeout_s``).
+        max_attempts: attempts per storage call before it fails (``storage.max_attempts``).
     """
 
     endpoint_url: str | None = None
     sse: str | None = "AES256"
+    timeout_s: float = 60.0
+    max_attempts: int = 4
 
     def __getstate__(self) -> dict[str, Any]:  # filesystems are rebuilt in each process
-        return {"endpoint_url": self.endpoint_url, "sse": self.sse}
+        return {"endpoint_url": self.endpoint_url, "sse": self.sse, "timeout_s": self.timeout_s,
+                "max_attempts": self.max_attempts}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
     @cached_property
     def _s3(self) -> fsspec.AbstractFileSystem:
+        """For this class's own calls: one attempt per request, :meth:`_call` retries and warns."""
+        return self._new_s3(retries=1)
+
+    @cached_property
+    def _s3_bulk(self) -> fsspec.AbstractFileSystem:
+        """For pyarrow/Ray Data/Ray Train (:meth:`arrow_fs`): s3fs's own bounded retries."""
+        return self._new_s3(retries=self.max_attempts)
+
+    def _new_s3(self, retries: int) -> fsspec.AbstractFileSystem:
         import s3fs
 
         extra = {"ServerSideEncryption": self.sse} if self.sse else {}
-        return s3fs.S3FileSystem(
+        fs = s3fs.S3FileSystem(
             endpoint_url=self.endpoint_url,
             s3_additional_kwargs=extra,
             use_listings_cache=False,  # a rerun must see what the killed run wrote
             skip_instance_cache=True,
+            config_kwargs={"connect_timeout": self.timeout_s, "read_timeout": self.timeout_s,
+                           "retries": {"max_attempts": 1, "mode": "standard"}},
         )
+        fs.retries = retries  # s3fs's retry loop (its log is debug only)
+        return fs
 
     @cached_property
     def _local(self) -> fsspec.AbstractFileSystem:
@@ -80,17 +111,48 @@ class Storage:
         import pyarrow.fs as pafs
 
         fs, path = self.fs(uri)
+        if is_s3(uri):
+            fs = self._s3_bulk
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+    def _call(self, what: str, uri: str, fn: Any) -> Any:
+        """``fn()`` with up to ``max_attempts`` attempts on S3, a warning per failed attempt."""
+        attempts = self.max_attempts if is_s3(uri) else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return fn()
+            except _PERMANENT:
+                raise
+            except Exception as err:
+                if type(err).__name__ in _NO_CREDENTIALS:
+                    raise OSError(f"storage: {what} {uri}: no storage credentials on this node ({type(err).__name__}); "
+                                  "they come from the node: its instance profile, or the environment "
+                                  "of `ray start` / of the driver (docs/training.md)") from err
+                if attempt == attempts:
+                    raise OSError(
+                        f"storage: {what} {uri} failed {attempts} times ({type(err).__name__}: {err}); "
+                        f"is the endpoint ({self.endpoint_url or 'AWS'}) reachable? storage.timeout_s and "
+                        "storage.max_attempts set the patience"
+                    ) from err
+                wait = min(2.0 ** attempt, 30.0)
+                log.warning("storage: %s %s failed (%s: %s); attempt %d of %d, retrying in %.0f s",
+                            what, uri, type(err).__name__, err, attempt, attempts, wait)
+                time.sleep(wait)
+        raise AssertionError("unreachable")
 
     def read_bytes(self, uri: str) -> bytes:
         fs, path = self.fs(uri)
-        with fs.open(path, "rb") as f:
-            return f.read()
+
+        def read() -> bytes:
+            with fs.open(path, "rb") as f:
+                return f.read()
+
+        return self._call("read", uri, read)
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         fs, path = self.fs(uri)
-        if is_s3(uri):
-            fs.pipe_file(path, data)  # s3fs adds s3_additional_kwargs (SSE) to the PUT
+        if is_s3(uri):  # s3fs adds s3_additional_kwargs (SSE) to the PUT
+            self._call("write", uri, lambda: fs.pipe_file(path, data))
             return
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}.tmp"
@@ -100,21 +162,21 @@ class Storage:
 
     def exists(self, uri: str) -> bool:
         fs, path = self.fs(uri)
-        return bool(fs.exists(path))
+        return bool(self._call("exists", uri, lambda: fs.exists(path)))
 
     def list_files(self, prefix: str, suffix: str = "") -> list[str]:
         """All file URIs under ``prefix`` (recursive) ending with ``suffix``, sorted."""
         fs, path = self.fs(prefix)
-        if not fs.exists(path):
+        if not self.exists(prefix):
             return []
-        found = fs.find(path)
+        found = self._call("list", prefix, lambda: fs.find(path))
         scheme = "s3://" if is_s3(prefix) else ""
         return sorted(scheme + p for p in found if p.endswith(suffix) and not p.endswith(".tmp"))
 
     def delete(self, uri: str) -> None:
         fs, path = self.fs(uri)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
+        if self.exists(uri):
+            self._call("delete", uri, lambda: fs.rm(path, recursive=True))
 
 
 def storage_from_spec(spec: Any) -> Storage:
@@ -122,4 +184,5 @@ def storage_from_spec(spec: Any) -> Storage:
     st = getattr(spec, "storage", None)
     endpoint = getattr(st, "s3_endpoint_url", None) if st is not None else None
     sse = getattr(st, "server_side_encryption", "AES256") if st is not None else "AES256"
-    return Storage(endpoint_url=endpoint, sse=sse)
+    return Storage(endpoint_url=endpoint, sse=sse, timeout_s=getattr(st, "timeout_s", 60.0),
+                   max_attempts=getattr(st, "max_attempts", 4))

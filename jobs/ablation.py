@@ -143,6 +143,7 @@ def train_rows(base: Any, rows: tuple[str, ...] = ROWS) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     base, args = common.parse_cli("Train and compare the paper's Table 5 ablation rows.", argv)
+    common.preflight_spec(base, dry_run=args.dry_run, phases=(1, 2, 3, 4), evaluate=True)
     if args.dry_run:
         for row in ROWS:
             spec = row_spec(base, row)
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"-> evaluates {spec.eval.model}")
         return 0
     common.init_ray()
+    common.preflight_cluster(base, phases=(1, 2, 3, 4))
     out = compare(base, train_rows(base))
     print(table_markdown(out["table"]))
     print(f"ablation table: {out['paths']['ablation.md']}")

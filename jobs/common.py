@@ -12,6 +12,7 @@ in site-packages, which comes after the ``PYTHONPATH`` entries that ``py_modules
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import subprocess
 import sys
@@ -66,38 +67,83 @@ def parse_cli(description: str, argv: list[str] | None = None) -> tuple[Any, arg
     return spec, args
 
 
+def preflight_spec(spec: Any, *, dry_run: bool = False, **needs: Any) -> None:
+    """``jobs.preflight.check_spec`` for an entry point: exit 2 with every problem, before Ray.
+    With ``dry_run`` the problems are printed after the plan and nothing exits (a dry run of
+    phase 2 before phase 1 has run still shows its plan)."""
+    from jobs.preflight import PreflightError, check_spec, run_spec_checks
+
+    if dry_run:
+        problems = check_spec(spec, **needs)
+        print("--- preflight: " + ("ok" if not problems else "a real run would stop here"))
+        print("\n".join(str(p) for p in problems)) if problems else None
+        return
+    try:
+        run_spec_checks(spec, **needs)
+    except PreflightError as err:
+        print(str(err), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def preflight_cluster(spec: Any, **needs: Any) -> None:
+    """``jobs.preflight.check_cluster`` after :func:`init_ray`, before any worker or data task."""
+    from jobs.preflight import PreflightError, run_cluster_checks
+
+    try:
+        run_cluster_checks(spec, **needs)
+    except PreflightError as err:
+        print(str(err), file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+CODE_DIRS = ("platform/ctvlp", "jobs", "ingest", "tune")
+
+
+def content_hash(root: Path | None = None) -> str:
+    """sha256 over the paths and bytes of the code (``CODE_DIRS``' ``.py``/``.yaml`` files): the
+    identity of a submitted working directory that is not a git checkout."""
+    root, h = root or REPO_ROOT, hashlib.sha256()
+    for part in CODE_DIRS:
+        for f in sorted((root / part).rglob("*")):
+            if f.is_file() and f.suffix in (".py", ".yaml"):
+                h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return "content-sha256:" + h.hexdigest()[:16]
+
+
 def git_commit() -> str:
     """The commit of the code being run: ``$CTVLP_GIT_COMMIT`` (set by the Docker build and by
-    :func:`init_ray` for workers), else ``git rev-parse HEAD``, else ``"unknown"`` (no repo, or a
-    repo without commits). A ``+dirty`` suffix marks uncommitted changes."""
+    :func:`init_ray` for workers), else ``git rev-parse HEAD`` (``+dirty`` marks uncommitted
+    changes), else a :func:`content_hash` of the code (a ``ray job submit`` working directory
+    without ``.git``, an unpacked archive)."""
     if os.environ.get("CTVLP_GIT_COMMIT"):
         return os.environ["CTVLP_GIT_COMMIT"]
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
         )
-        if head.returncode != 0:
-            return "unknown"
+        if head.returncode != 0 or not (REPO_ROOT / ".git").exists():
+            return content_hash()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
             cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
         )
         return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
+        return content_hash()
 
 
 def runtime_env() -> dict:
-    """The runtime env every job driver starts Ray with (merged into a submitted job's env)."""
+    """The runtime env every job driver starts Ray with (merged into a submitted job's env).
+
+    It never carries credentials: Ray logs runtime envs and keeps them in job records. Workers
+    get storage credentials from their node: the instance profile on AWS, the environment of
+    ``ray start`` (or of the driver that started a local Ray) on a local cluster.
+    """
     env_vars = {
         "TORCH_EXTENSIONS_DIR": str(torch_extensions_dir()),
         "CTVLP_GIT_COMMIT": git_commit(),
         "RAY_USAGE_STATS_ENABLED": os.environ.get("RAY_USAGE_STATS_ENABLED", "0"),
     }
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"):
-        # Credentials travel by env only (never in a spec); only those the driver has.
-        if os.environ.get(key):
-            env_vars[key] = os.environ[key]
     modules = [PACKAGE_DIR, REPO_ROOT / "jobs", REPO_ROOT / "ingest"]  # ingest: storage helpers
     return {"py_modules": [str(m) for m in modules], "env_vars": env_vars}
 

@@ -23,7 +23,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from ctvlp.data import collate, decode_sample, train_augment
 from ingest.shards import completed, data_uri
-from ingest.storage import Storage, is_s3
+from ingest.storage import Storage, is_s3, storage_from_spec
 
 COLLATE_FN = "jobs.data:CollateColumns"
 _TRAIN_COLUMNS = ["study_id", "split", "shape", "spacing", "image", "mask", "codec", "boxes",
@@ -31,7 +31,7 @@ _TRAIN_COLUMNS = ["study_id", "split", "shape", "spacing", "image", "mask", "cod
 
 
 def storage_of(spec: Any) -> Storage:
-    return Storage(endpoint_url=spec.storage.s3_endpoint_url, sse=spec.storage.server_side_encryption)
+    return storage_from_spec(spec)
 
 
 def train_shard_uris(spec: Any, split: str = "train") -> list[str]:

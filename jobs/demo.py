@@ -28,7 +28,9 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from jobs.common import REPO_ROOT  # noqa: E402
+from jobs.common import REPO_ROOT, preflight_cluster, preflight_spec  # noqa: E402
+from jobs.plan import PHASES  # noqa: E402
+from jobs.preflight import under_job_submit  # noqa: E402
 
 DEFAULT_SPEC = REPO_ROOT / "jobs" / "specs" / "demo.yaml"
 # 900 studies (~530 in train), and the spec's epochs sized to keep the optimiser steps of 300
@@ -109,7 +111,11 @@ def demo_spec(args):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.time()
+    if under_job_submit() and not Path(args.out).is_absolute():
+        raise SystemExit(f"--out {args.out!r} is relative: under `ray job submit` it would land in Ray's "
+                         "temporary copy of the working directory; give an absolute path")
     spec, corpus, out = demo_spec(args)
+    preflight_spec(spec, phases=PHASES, ingest=True, evaluate=True)
     timings: dict[str, float] = {}
 
     banner(1, 5, f"synthetic corpus: {args.num_studies} studies (demo preset)", t0)
@@ -126,11 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.common import runtime_env
 
     if not ray.is_initialized():
-        # A local demo cluster: two Train workers hold one logical CPU each, and Ray Data's shard
-        # readers and the evaluation actors need more. Advertise two logical CPUs beyond the
-        # cores (the OS shares them); an autoscaling cluster adds nodes instead.
-        ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env=runtime_env(),
-                 num_cpus=None if os.environ.get("RAY_ADDRESS") else (os.cpu_count() or 2) + 2)
+        # As many logical CPUs as cores: the spec's two Train workers take half a CPU each
+        # (jobs/specs/demo.yaml), leaving one for Ray Data (the preflight checks it).
+        ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env=runtime_env())
+    preflight_cluster(spec, phases=PHASES, ingest=True)
     banner(2, 5, "ingest: Ray Data -> anatomy-cropped shards", t0)
     from ingest.pipeline import IngestConfig, run_ingest
 

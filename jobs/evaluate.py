@@ -345,10 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.dry_run:
             print_dry_run(spec)
+            common.preflight_spec(spec, dry_run=True, evaluate=True)
             return 0
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    common.preflight_spec(spec, evaluate=True)
     common.init_ray()
     out = evaluate_model(spec)
     p = out["primary"]

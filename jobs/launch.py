@@ -94,9 +94,12 @@ def main_phase(phase: int, argv: list[str] | None = None, **run_kwargs: Any) -> 
     spec, args = common.parse_cli(f"Train phase {phase} of ctvlp on Ray Train (DeepSpeed).", argv)
     if args.dry_run:
         print_dry_run(spec, (phase,))
+        common.preflight_spec(spec, dry_run=True, phases=(phase,))
         return 0
+    common.preflight_spec(spec, phases=(phase,))
     print(describe(resolve_phase(spec, phase), phase), flush=True)
     common.init_ray()
+    common.preflight_cluster(spec, phases=(phase,))
     print(common.describe_ctvlp(), flush=True)
     result = run_phase(spec, phase, **run_kwargs)
     print(f"phase {phase} done: export {result.export_uri}\n  last checkpoint {result.checkpoint_uri}", flush=True)

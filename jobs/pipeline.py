@@ -36,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     spec, args = common.parse_cli("Train the four ctvlp phases in order on Ray Train.", argv)
     if args.dry_run:
         print_dry_run(spec, PHASES)
+        common.preflight_spec(spec, dry_run=True, phases=PHASES)
         return 0
+    common.preflight_spec(spec, phases=PHASES)
     common.init_ray()
+    common.preflight_cluster(spec, phases=PHASES)
     print(common.describe_ctvlp(), flush=True)
     run_pipeline(spec)
     return 0

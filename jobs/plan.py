@@ -89,4 +89,7 @@ def plan_for(resolved: JobSpec, phase: int, *, git_commit: str = "unknown") -> P
         resolved_spec_yaml=yaml.safe_dump(settable_dict(resolved), sort_keys=False),
         model_config=resolved.model.model_dump(mode="json"),
         git_commit=git_commit,
+        data_stall_timeout_s=resolved.data.stall_timeout_s,
+        storage_timeout_s=resolved.storage.timeout_s,
+        storage_max_attempts=resolved.storage.max_attempts,
     )

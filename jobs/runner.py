@@ -28,11 +28,13 @@ from __future__ import annotations
 import importlib
 import json
 import posixpath
+import queue
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -62,6 +64,8 @@ class PhasePlan:
         model_config: ``spec.model`` as a dict, written into every checkpoint and the export.
         git_commit: the code's commit, written into every checkpoint.
         num_to_keep: checkpoints kept in storage (None = all).
+        data_stall_timeout_s: fail a worker that waits this long for a batch (0 = never).
+        storage_timeout_s, storage_max_attempts: S3 patience of :attr:`storage` (``storage.*``).
     """
 
     phase: int
@@ -80,10 +84,14 @@ class PhasePlan:
     model_config: dict = field(default_factory=dict)
     git_commit: str = "unknown"
     num_to_keep: int | None = 3
+    data_stall_timeout_s: float = 600.0
+    storage_timeout_s: float = 60.0
+    storage_max_attempts: int = 4
 
     @property
     def storage(self) -> Storage:
-        return Storage(endpoint_url=self.s3_endpoint_url, sse=self.sse)
+        return Storage(endpoint_url=self.s3_endpoint_url, sse=self.sse, timeout_s=self.storage_timeout_s,
+                       max_attempts=self.storage_max_attempts)
 
     @property
     def run_uri(self) -> str:
@@ -152,6 +160,63 @@ def fetch_inits(spec: Any, plan: PhasePlan) -> dict[str, str]:
             fs.get_file(remote, str(target))
         local[part] = str(dest)
     return local
+
+
+# ------------------------------------------------------------------------- data stall timeout
+class DataStallError(RuntimeError):
+    """The data pipeline delivered no batch within ``data.stall_timeout_s``."""
+
+
+def with_stall_timeout(batches: Iterable, seconds: float, describe: Callable[[], str]) -> Iterator:
+    """Yield ``batches``, raising :class:`DataStallError` when the next one takes over ``seconds``.
+
+    The batches are pulled in a helper thread (at most two ahead) so that a pipeline blocked
+    inside Ray Data, which no Python timeout can interrupt, still fails this worker. The clock
+    runs only while the loop waits for a batch, not while it trains. ``seconds`` 0 = no limit.
+    """
+    if not seconds:
+        yield from batches
+        return
+    box: queue.Queue = queue.Queue(maxsize=1)
+    stop, end = threading.Event(), object()
+
+    def offer(item) -> bool:
+        """Put ``item`` for the consumer; False once the consumer has gone."""
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=1.0)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pump() -> None:
+        try:
+            for item in batches:
+                if not offer(item):
+                    return
+            offer(end)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, raised there
+            offer(err)
+
+    threading.Thread(target=pump, name="ctvlp-batch-pump", daemon=True).start()
+    try:
+        while True:
+            try:
+                item = box.get(timeout=seconds)
+            except queue.Empty:
+                raise DataStallError(
+                    f"no batch from the data pipeline for {seconds:g} s ({describe()}): it stalled or has no "
+                    "CPU to run on. Check that the cluster has CPUs beyond the Train workers "
+                    "(resources.num_workers x resources.cpus_per_worker) and that storage answers; "
+                    "data.stall_timeout_s sets the limit (0 = wait forever)") from None
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 # --------------------------------------------------------------------------------- the worker
@@ -224,10 +289,11 @@ class _Loop:
             local_shuffle_seed=self.plan.train.seed + 1000 * epoch + self.rank if self.plan.shuffle_buffer else None,
         )
 
-    def _steps(self, epoch: int):
-        """This rank's micro-batches grouped by optimiser step (``accumulation`` of them each)."""
+    def _steps(self, epoch: int, where: Callable[[], str]):
+        """This rank's micro-batches grouped by optimiser step (``accumulation`` of them each),
+        failing the run when the data pipeline delivers nothing for ``data_stall_timeout_s``."""
         group = []
-        for batch in self._batches(epoch):
+        for batch in with_stall_timeout(self._batches(epoch), self.plan.data_stall_timeout_s, where):
             group.append(batch)
             if len(group) == self.accumulation:
                 yield group
@@ -237,7 +303,8 @@ class _Loop:
         """Train from ``state`` to the end of its epoch; checkpoint on cadence and at the end."""
         cfg, to_skip = self.plan.train, state.step_in_epoch
         timer, out = StepTimer(), {}
-        for batch in self._steps(state.epoch):
+        where = lambda: f"rank {self.rank}, epoch {state.epoch}, step {state.step}"  # noqa: E731
+        for batch in self._steps(state.epoch, where):
             if to_skip:  # mid-epoch resume: drop what this rank consumed before the checkpoint
                 to_skip -= 1
                 timer.restart()
@@ -440,17 +507,6 @@ def _export(task, plan: PhasePlan, uri: str | None = None, selection: dict | Non
 
 
 # --------------------------------------------------------------------------------- the driver
-def _warn_if_no_cpus_left_for_data(plan: PhasePlan) -> None:
-    """Ray Data reads and augments in tasks that need CPUs the Train workers do not hold; with none
-    left, training waits forever for its first batch (seen with 2 workers on a 2-CPU head)."""
-    import ray
-
-    total = ray.cluster_resources().get("CPU", 0.0)
-    if total - plan.num_workers * plan.cpus_per_worker < 1:
-        print(f"WARNING: the cluster has {total:g} CPUs and the Train workers take "
-              f"{plan.num_workers * plan.cpus_per_worker:g}; Ray Data needs at least one more to read "
-              "shards (autoscaling clusters add nodes; a fixed local cluster may stall)", flush=True)
-
 def fit_phase(plan: PhasePlan, spec: Any, datasets: dict, *, num_train_rows: int,
               task_factory: str = "ctvlp.tasks:build_task", task_kwargs: dict | None = None,
               collate_fn: str | None = None) -> PhaseResult:
@@ -490,7 +546,6 @@ def fit_phase(plan: PhasePlan, spec: Any, datasets: dict, *, num_train_rows: int
         ),
         datasets=datasets,
     )
-    _warn_if_no_cpus_left_for_data(plan)
     result = trainer.fit()
     ckpt = result.checkpoint
     ckpt_uri = None if ckpt is None else (f"s3://{ckpt.path}" if is_s3(plan.storage_path) else ckpt.path)

@@ -191,6 +191,8 @@ def describe(spec: JobSpec) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     spec, args = common.parse_cli("Sweep hyper-parameters of one ctvlp phase with Ray Tune (ASHA).", argv)
+    # URIs and paths here; the trials' workers are sized by tune.trial.concurrent_trials
+    common.preflight_spec(spec, dry_run=args.dry_run)
     try:
         print(describe(spec), flush=True)
     except ValueError as err:

@@ -436,31 +436,61 @@ def state_digest(engine) -> dict[str, str]:
     return {"model_sha256": model.hexdigest(), "optimizer_sha256": optim.hexdigest()}
 
 
+def file_digests(directory: Path) -> dict[str, str]:
+    """sha256 of every file under ``directory/<CKPT_TAG>`` (paths relative to ``directory``)."""
+    return {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((directory / CKPT_TAG).rglob("*")) if p.is_file()}
+
+
+def verify_files(directory: Path) -> None:
+    """Refuse a checkpoint whose pickled files differ from the sha256 their writers recorded
+    (``digest_rank<r>.json``, key ``files``), before anything unpickles them: a file changed,
+    added or not covered by a digest raises RuntimeError."""
+    recorded: dict[str, str] = {}
+    for digest in sorted(directory.glob("digest_rank*.json")):
+        files = json.loads(digest.read_text()).get("files")
+        if files is None:
+            raise RuntimeError(f"{digest} records no file digests (a checkpoint from an older ctvlp): "
+                               "it cannot be verified before unpickling; start the run afresh")
+        recorded.update(files)
+    found = file_digests(directory)
+    bad = sorted(k for k in set(found) | set(recorded) if found.get(k) != recorded.get(k))
+    if bad:
+        raise RuntimeError(f"checkpoint {directory}: {bad[:5]} differ from the recorded sha256 (changed, added "
+                           "or missing); refusing to unpickle it. Only the run's own jobs may write its storage")
+
+
 def save_checkpoint(engine, directory: str | Path, state: TrainState) -> None:
     """Collective: every rank writes its DeepSpeed shard of ``directory`` (plus its digest).
 
     ``mp_rank_00_model_states.pt`` (weights, scheduler, ``state``) comes from rank 0,
-    ``zero_pp_rank_<r>_...optim_states.pt`` from rank r; ``digest_rank<r>.json`` lets a resumed
-    rank check that it restored exactly what was saved.
+    ``zero_pp_rank_<r>_...optim_states.pt`` from rank r; ``digest_rank<r>.json`` holds the sha256
+    of the files rank r wrote (checked before ``torch.load``) and of its tensors (checked after).
     """
     directory = Path(directory)
     engine.save_checkpoint(str(directory), tag=CKPT_TAG, client_state={TRAIN_STATE_KEY: asdict(state)},
                            save_latest=False)
     rank = dist.get_rank() if dist.is_initialized() else 0
-    (directory / f"digest_rank{rank}.json").write_text(json.dumps(state_digest(engine)))
+    # each rank's directory holds only its own files here; Ray merges the ranks' directories
+    digest = {**state_digest(engine), "files": file_digests(directory)}
+    (directory / f"digest_rank{rank}.json").write_text(json.dumps(digest))
 
 
 def load_checkpoint(engine, directory: str | Path, *, verify: bool = True) -> TrainState:
     """Collective: restore weights, optimiser, schedule and :class:`TrainState` from ``directory``.
 
     Raises FileNotFoundError when it holds no checkpoint, RuntimeError when ``verify`` and the
-    restored tensors differ from those digested at save time. The files are our own (written
-    by :func:`save_checkpoint`); DeepSpeed reads them with ``torch.load``, so never point this
-    at untrusted data: shared weights travel as safetensors (:func:`export_safetensors`).
+    restored tensors differ from those digested at save time. With ``verify`` the files' sha256
+    are checked first (:func:`verify_files`), because DeepSpeed reads them with ``torch.load``
+    (pickle): a changed file is refused before it is unpickled. The digests live beside the files,
+    so this stops tampering with the weights alone, not a writer who rewrites both: only the run's
+    own jobs may write its storage (docs/training.md). Shared weights travel as safetensors.
     """
     directory = Path(directory)
     if not (directory / CKPT_TAG).is_dir():  # DeepSpeed would fail with a bare assert
         raise FileNotFoundError(f"no ctvlp DeepSpeed checkpoint (tag {CKPT_TAG!r}) in {directory}")
+    if verify:
+        verify_files(directory)  # before DeepSpeed's torch.load(weights_only=False) unpickles anything
     path, client = engine.load_checkpoint(str(directory), tag=CKPT_TAG, load_optimizer_states=True,
                                           load_lr_scheduler_states=True)
     if path is None or not client or TRAIN_STATE_KEY not in client:

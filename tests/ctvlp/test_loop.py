@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -226,11 +227,42 @@ def test_load_checkpoint_detects_tampering_and_absence(process_group, tmp_path):
     task, engine = _engine()
     train_step(engine, task, _batch())
     save_checkpoint(engine, tmp_path / "c", TrainState(phase=1, step=1))
-    (tmp_path / "c" / "digest_rank0.json").write_text('{"model_sha256": "0", "optimizer_sha256": "0"}')
+    digest_file = tmp_path / "c" / "digest_rank0.json"
+    digest = json.loads(digest_file.read_text())
+    digest_file.write_text(json.dumps({**digest, "model_sha256": "0"}))
     with pytest.raises(RuntimeError, match="differs"):
+        load_checkpoint(engine, tmp_path / "c")
+    digest_file.write_text(json.dumps({"model_sha256": "0", "optimizer_sha256": "0"}))  # no file digests
+    with pytest.raises(RuntimeError, match="records no file digests"):
         load_checkpoint(engine, tmp_path / "c")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(engine, tmp_path / "empty")
+
+
+class _Payload:
+    """A pickle that writes a marker file when unpickled (what a tampered checkpoint could do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
+
+
+@pytest.mark.parametrize("tamper", ["replace", "add"])
+def test_a_tampered_checkpoint_file_is_refused_before_it_is_unpickled(process_group, tmp_path, tamper):
+    import pickle
+
+    task, engine = _engine()
+    train_step(engine, task, _batch())
+    ckpt = tmp_path / "c"
+    save_checkpoint(engine, ckpt, TrainState(phase=1, step=1))
+    marker = tmp_path / "pwned"
+    target = sorted((ckpt / "ds").glob("mp_rank_*"))[0] if tamper == "replace" else ckpt / "ds" / "extra.pt"
+    target.write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(RuntimeError, match="refusing to unpickle"):
+        load_checkpoint(engine, ckpt)
+    assert not marker.exists()
 
 
 def test_export_safetensors_round_trip(tmp_path):

@@ -132,6 +132,8 @@ def test_segmentation_without_gpu_stops_before_work(ingested, s3_client, monkeyp
     monkeypatch.setenv("TOTALSEG_WEIGHTS_PATH", str(tmp_path))
     cfg = dataclasses.replace(_config(ingested[0].stage.storage.endpoint_url, "seg"),
                               segmentation="totalsegmentator")
-    with pytest.raises(RuntimeError, match="no GPU"):
+    from jobs.preflight import PreflightError
+
+    with pytest.raises(PreflightError, match="no GPU"):
         run_ingest(cfg)
     assert "Contents" not in s3_client.list_objects_v2(Bucket=BUCKET, Prefix="seg/")

