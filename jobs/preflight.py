@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ctvlp.config import JobSpec, is_phase_ref
+from ctvlp.loop import TrainConfig
 from ingest.storage import Storage, is_s3, join, storage_from_spec
 
 # Stride of the vision encoder's deepest token level relative to the input (D, H, W)
@@ -108,12 +109,19 @@ def _shape_problems(spec: JobSpec, phases: tuple[int, ...]) -> list[Problem]:
                 "stride trains on nothing)", f"data.{key}={fixed}"))
     workers = spec.resources.num_workers
     for n in phases:
-        batch = spec.phase(n).batch_size
-        if batch % workers:
-            problems.append(Problem(f"phases.phase{n}.batch_size",
-                                    f"{batch} does not split over resources.num_workers={workers}",
-                                    f"a multiple of {workers} (e.g. phases.phase{n}.batch_size={max(workers, batch // workers * workers)}) "
-                                    "or change resources.num_workers"))
+        p = spec.phase(n)
+        try:  # the split the runner will make (ctvlp.loop.TrainConfig.batch_split)
+            TrainConfig(epochs=1, global_batch_size=p.global_batch_size, lr=1.0, min_lr=0.0,
+                        micro_batch_size=p.micro_batch_size,
+                        grad_accumulation_steps=p.grad_accumulation_steps).batch_split(workers)
+        except ValueError:
+            batch = p.global_batch_size
+            problems.append(Problem(f"phases.phase{n}.global_batch_size",
+                                    f"{batch} does not split into micro_batch_size x grad_accumulation_steps x "
+                                    f"resources.num_workers={workers}",
+                                    f"a multiple of {workers} (e.g. phases.phase{n}.global_batch_size="
+                                    f"{max(workers, batch // workers * workers)}), other phases.phase{n}."
+                                    "micro_batch_size / grad_accumulation_steps, or change resources.num_workers"))
     if spec.resources.use_gpu and spec.resources.gpus_per_worker <= 0:
         problems.append(Problem("resources.gpus_per_worker", "is 0 with resources.use_gpu=true",
                                 "resources.gpus_per_worker=1"))
