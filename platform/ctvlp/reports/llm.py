@@ -90,6 +90,7 @@ def hf_batch_generate_fn(model: str, max_new_tokens: int = 768, device: str | No
     @torch.inference_mode()
     def generate(prompts: list[str]) -> list[str]:
         enc = tok([render(p) for p in prompts], return_tensors="pt", padding=True).to(lm.device)
+        enc.pop("token_type_ids", None)  # BERT-style tokenizers add them; causal LMs take none
         out = lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
         return tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
@@ -198,8 +199,9 @@ def save_tiny_causal_lm(out_dir: str, seed: int = 0) -> str:
     """The debug flavour: a 2-layer GPT-2 (random weights, ~0.2 M parameters) with the tiny BERT
     WordPiece tokenizer of :mod:`ctvlp.models.text`, saved to ``out_dir`` without any download.
 
-    Its replies are nonsense; it exercises loading by path, the prompt, batched generation and the
-    failure policy on CPU in seconds (tests, ``bench/llm_parser.py``). Returns ``out_dir``.
+    Its replies are nonsense (and always ``max_new_tokens`` long); it exercises loading by path,
+    the prompt, batched generation and the failure policy on CPU in seconds (tests,
+    ``bench/llm_parser.py``). Returns ``out_dir``.
     """
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -207,8 +209,10 @@ def save_tiny_causal_lm(out_dir: str, seed: int = 0) -> str:
     from ctvlp.models.text import build_tokenizer
 
     tok = build_tokenizer("tiny")
+    # No end-of-sequence token: every reply runs to max_new_tokens, so a benchmark pays the full
+    # reply budget whatever the random weights prefer.
     cfg = GPT2Config(vocab_size=len(tok), n_positions=1024, n_embd=64, n_layer=2, n_head=2,
-                     bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
+                     bos_token_id=tok.cls_token_id, eos_token_id=None, pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
     GPT2LMHeadModel(cfg).save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
