@@ -150,8 +150,9 @@ def _quarantine_listed(storage: Storage, root: str, name: str, rows: pd.DataFram
     """One quarantine part for manifest rows set aside before decoding (deterministic content:
     rewriting it on a rerun changes nothing). ``detail`` is a string or a function of the row."""
     if len(rows):
-        table = quarantine.to_table([quarantine.row(r.study_id, r.split, reason, detail(r) if callable(detail) else detail)
-                                     for r in rows.itertuples()])
+        rows_out = [quarantine.row(r.study_id, r.split, reason, detail(r) if callable(detail) else detail)
+                    for r in rows.itertuples()]
+        table = quarantine.to_table(rows_out)
         storage.write_bytes(shards.quarantine_uri(root, name), shards._parquet_bytes(table))
 
 

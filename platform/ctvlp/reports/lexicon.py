@@ -177,7 +177,7 @@ FILLER_WORDS: frozenset[str] = frozenset({
 # verbs. Removed with FILLER_WORDS before a segment's affirmed content is judged, so "heart size
 # is" or "coronary arteries show" alone state nothing.
 NEUTRAL_WORDS: frozenset[str] = frozenset({
-    "there", "size", "sized", "caliber", "calibre", "contour", "contours", "course", "appearance",
+    "there", "size", "caliber", "calibre", "contour", "contours", "course", "appearance",
     "attenuation", "configuration", "diameter", "position", "shape", "silhouette", "dimensions",
     "artery", "arteries", "chamber", "chambers", "findings", "finding", "evidence", "signs", "sign",
     "any", "significant", "focal", "definite", "acute", "new", "demonstrable", "visible",
@@ -186,7 +186,7 @@ NEUTRAL_WORDS: frozenset[str] = frozenset({
     "lateral", "medial", "aerated", "expanded", "borderline", "limits", "limit", "than",
     "show", "shows", "showed", "demonstrates", "demonstrate", "demonstrated", "reveals", "reveal",
     "appears", "appear", "appeared", "seen", "noted", "observed", "identified", "measures",
-    "measure", "measured", "measuring", "mm", "cm", "x", "volume", "has", "have", "had",
+    "measure", "measured", "measuring", "mm", "cm", "x", "volume", "has", "have", "had", "sized",
     "for", "from", "into", "within", "about", "approximately", "this", "that", "these",
     "pacemaker", "lead", "leads", "wire", "wires", "catheter", "line", "tube", "port", "device",
     "valve", "valves", "space", "spaces", "ratio", "structure", "does", "do", "by", "suspicious",

@@ -75,11 +75,6 @@ class Clause:
     status: str | None
     inherited: bool = False
 
-    @property
-    def abnormal(self) -> bool | None:
-        """True / False / None as before issue 21 (uncertain counts as abnormal here)."""
-        return None if self.status is None else self.status in ("abnormal", "uncertain")
-
 
 @dataclass
 class Parsed:

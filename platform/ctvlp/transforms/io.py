@@ -207,7 +207,8 @@ def read_dicom_series(
         gap = float(getattr(slices[0], "SliceThickness", 1.0) or 1.0)
     row_spacing, col_spacing = _float_list(slices[0].PixelSpacing, 2, "PixelSpacing")
     if not (row_spacing > 0 and col_spacing > 0):  # also NaN: the affine would be singular
-        raise VolumeError("bad_spacing", f"PixelSpacing {[float(row_spacing), float(col_spacing)]} mm: zero or negative")
+        spacing = [float(row_spacing), float(col_spacing)]
+        raise VolumeError("bad_spacing", f"PixelSpacing {spacing} mm: zero or negative")
     volume = _stack_planes(slices)  # [slices, rows, columns]
     array_xyz = volume.transpose(2, 1, 0)  # x = column index (along the row cosine), y = row index
     affine_lps = np.eye(4)
