@@ -29,6 +29,12 @@ meta           JSON of the metadata-table row (CT-RATE header repair); never wri
 disease_labels JSON ``{label column: 0/1}`` from the labels table, or ``{}``
 ============== ===============================================================================
 
+A manifest file's study ids must match :data:`STUDY_ID` (letters, digits, ``._-``, no path
+separators, at most 200 characters): an empty or malformed id stops the load with an error naming
+its row, since an id keys the shards, the quarantine table and resume. A row whose split is not a
+known split keeps its raw value in ``split`` here; :func:`split_invalid_splits` sets it aside and
+the pipeline quarantines it as ``invalid_split`` (the other rows are ingested).
+
 Splits stay disjoint by patient: :func:`check_patient_splits` refuses a patient in two splits.
 :func:`split_excluded` takes the spec's known-bad volumes out (the pipeline quarantines them).
 Error messages name study ids only, never patient ids.
@@ -53,6 +59,7 @@ COLUMNS = [
     "findings", "impression", "meta", "disease_labels",
 ]
 SPLITS = ("train", "valid", "test")
+STUDY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _SPLIT_ALIASES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "test": "test"}
 # CT-RATE file names: <split>_<patient>_<study letter>_<reconstruction>.nii.gz
 _CTRATE_NAME = re.compile(r"^(?P<split>[a-z]+)_(?P<pid>\d+)_(?P<study>[a-z]+)_(?P<rec>\d+)$")
@@ -217,15 +224,18 @@ def from_table(storage: Storage, uri: str) -> pd.DataFrame:
         raise ValueError(f"manifest {uri!r} needs a 'report' column or 'findings' + 'impression'")
     base = posixpath.dirname(uri)
     rows = []
-    for r in raw.to_dict("records"):
-        split = _SPLIT_ALIASES.get(_text(r["split"]).lower())
-        if split is None:
-            raise ValueError(f"study {r['study_id']!r}: split {r['split']!r} not in {SPLITS}")
+    for n, r in enumerate(raw.to_dict("records"), start=1):
+        sid = _text(r["study_id"])
+        if not STUDY_ID.match(sid):
+            raise ValueError(
+                f"manifest {uri!r} data row {n}: study_id {sid[:60]!r} is empty or malformed (want "
+                "letters, digits, '.', '_', '-', starting with a letter or digit, at most 200 characters)")
+        split = _SPLIT_ALIASES.get(_text(r["split"]).lower(), _text(r["split"]))  # invalid: kept raw
         image = _resolve(_text(r["image_uri"]), base)
         nifti = image.endswith(".nii") or image.endswith(".nii.gz")
         rows.append({
-            "study_id": _text(r["study_id"]),
-            "patient_id": _text(r.get("patient_id")) or _text(r["study_id"]),
+            "study_id": sid,
+            "patient_id": _text(r.get("patient_id")) or sid,
             "split": split, "image_uri": image, "image_format": "nifti" if nifti else "dicom",
             "mask_uri": _resolve(_text(r.get("mask_uri")), base),
             "findings": _text(r.get("findings", r.get("report"))),
@@ -239,6 +249,14 @@ def split_duplicates(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(first occurrences, later duplicates)`` by study_id, both in manifest order."""
     dup = df.study_id.duplicated(keep="first")
     return df[~dup].reset_index(drop=True), df[dup].reset_index(drop=True)
+
+
+def split_invalid_splits(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(rows with a known split, the others)``; the others get ``split = ""`` and their value
+    in ``raw_split`` (for the quarantine detail). Both keep the manifest's order."""
+    bad = ~df.split.isin(SPLITS)
+    invalid = df[bad].assign(raw_split=df.split[bad], split="").reset_index(drop=True)
+    return df[~bad].reset_index(drop=True), invalid
 
 
 def split_excluded(df: pd.DataFrame, exclude: Iterable[str]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
@@ -255,6 +273,7 @@ def split_excluded(df: pd.DataFrame, exclude: Iterable[str]) -> tuple[pd.DataFra
 
 def check_patient_splits(df: pd.DataFrame) -> None:
     """Raise ValueError when a patient has studies in two splits (names study ids, not patients)."""
+    df = df[df.split.isin(SPLITS)]  # rows with an invalid split are quarantined, not checked
     per_patient = df.groupby("patient_id").split.nunique()
     leaking = per_patient[per_patient > 1].index
     if len(leaking):

@@ -2,11 +2,13 @@
 
 ::
 
-    manifest (driver) --data.exclude_volumes--> quarantine/_excluded.parquet
+    manifest (driver) --invalid split--> quarantine/_invalid_split.parquet
+        |             --data.exclude_volumes--> quarantine/_excluded.parquet
         |             --duplicates--> quarantine/_duplicates.parquet
         | plan: study -> shard group (deterministic), skip committed groups (_done/*.json)
         v  per wave of groups:
     from_pandas -> [map_batches TotalSegmentatorActor, GPU actor pool, only without masks]
+                -> [map_batches LLMReportActor, actor pool, only with ingest.report_parser=llm]
                 -> map_batches process_batch (CPU: read, decode, repair, canonical, crop, resample,
                    window, boxes, report parse, tokenise, compress)
                 -> groupby(shard).map_groups(write one Parquet shard + quarantine part + marker)
@@ -31,6 +33,7 @@ import pyarrow as pa
 from ingest import manifest as mf
 from ingest import quarantine, shards
 from ingest.process import StageConfig, process_records
+from ingest.reports import ReportConfig
 from ingest.storage import Storage, join, storage_from_spec
 
 # Output columns of the CPU stage: the shard columns (nullable for quarantined rows) + bookkeeping.
@@ -72,7 +75,8 @@ class IngestConfig:
             crop_margin=tuple(d.crop_margin), min_size=tuple(d.min_size), codec=ing.codec,
             codec_level=ing.codec_level, repair_headers=ing.repair_headers,
             text_name_or_path=spec.model.text.name_or_path, max_length=spec.model.text.max_length,
-            storage=storage_from_spec(spec),
+            storage=storage_from_spec(spec), reports=ReportConfig.from_spec(ing),
+            min_slices=ing.min_slices, min_extent_mm=tuple(ing.min_extent_mm), max_oblique_deg=ing.max_oblique_deg,
         )
         return cls(
             source_uri=d.source_uri, shards_uri=d.shards_uri, stage=stage,
@@ -117,6 +121,8 @@ def _fingerprint(planned: pd.DataFrame, cfg: IngestConfig) -> dict[str, Any]:
         "grouping": st.grouping, "spacing": list(st.spacing), "hu_window": list(st.hu_window),
         "crop_margin": list(st.crop_margin), "min_size": list(st.min_size), "codec": st.codec,
         "codec_level": st.codec_level, "tokenizer": st.text_name_or_path, "max_length": st.max_length,
+        "reports": st.reports.fingerprint(), "min_slices": st.min_slices,
+        "min_extent_mm": list(st.min_extent_mm), "max_oblique_deg": st.max_oblique_deg,
     }
 
 
@@ -140,11 +146,13 @@ def _waves(shard_names: list[str], per_wave: int) -> list[list[str]]:
 
 
 def _quarantine_listed(storage: Storage, root: str, name: str, rows: pd.DataFrame, reason: str,
-                       detail: str) -> None:
+                       detail: str | Callable[[Any], str]) -> None:
     """One quarantine part for manifest rows set aside before decoding (deterministic content:
-    rewriting it on a rerun changes nothing)."""
+    rewriting it on a rerun changes nothing). ``detail`` is a string or a function of the row."""
     if len(rows):
-        table = quarantine.to_table([quarantine.row(r.study_id, r.split, reason, detail) for r in rows.itertuples()])
+        rows_out = [quarantine.row(r.study_id, r.split, reason, detail(r) if callable(detail) else detail)
+                    for r in rows.itertuples()]
+        table = quarantine.to_table(rows_out)
         storage.write_bytes(shards.quarantine_uri(root, name), shards._parquet_bytes(table))
 
 
@@ -155,6 +163,7 @@ def prepare(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[str, 
                            valid_fraction=cfg.valid_fraction, seed=cfg.seed, mask_dir=cfg.mask_dir)
     if cfg.max_studies:
         df = df.head(cfg.max_studies)
+    df, bad_split = mf.split_invalid_splits(df)
     kept, excluded, unmatched = mf.split_excluded(df, cfg.exclude_volumes)
     unique, dups = mf.split_duplicates(kept)
     planned = shards.plan_shards(
@@ -162,6 +171,8 @@ def prepare(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[str, 
         sample_mb=shards.estimate_sample_mb(cfg.stage.min_size),
     )
     _check_job(storage, root, _fingerprint(planned, cfg))
+    _quarantine_listed(storage, root, "_invalid_split", bad_split, "invalid_split",
+                       lambda r: f"split {r.raw_split[:20]!r} is not one of {list(mf.SPLITS)}")
     _quarantine_listed(storage, root, "_excluded", excluded, "excluded", "listed in data.exclude_volumes")
     _quarantine_listed(storage, root, "_duplicates", dups, "duplicate_study_id", "later manifest row")
     if cfg.exclude_volumes:
@@ -172,8 +183,10 @@ def prepare(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[str, 
     log(f"[ingest] manifest: {len(df)} rows, {len(dups)} duplicate ids, "
         f"{planned.shard.nunique()} shard groups; already done: {len(planned) - len(pending)} "
         f"studies in {len(done)} groups; to decode now: {len(pending)} studies")
-    return {"manifest": df, "planned": planned, "pending": pending, "num_dups": len(dups),
-            "num_excluded": len(excluded)}
+    if len(bad_split):
+        log(f"[ingest] {len(bad_split)} rows with an invalid split quarantined (invalid_split)")
+    return {"manifest_size": len(df) + len(bad_split), "planned": planned, "pending": pending,
+            "num_dups": len(dups), "num_excluded": len(excluded), "num_invalid_split": len(bad_split)}
 
 
 def _run_wave(frame: pd.DataFrame, cfg: IngestConfig) -> pd.DataFrame:
@@ -199,6 +212,10 @@ def _execute_wave(ds, frame: pd.DataFrame, cfg: IngestConfig) -> pd.DataFrame:
         from ingest.segment import add_segmentation_stage
 
         ds = add_segmentation_stage(ds, cfg)
+    if cfg.stage.reports.parser == "llm":
+        from ingest.reports import add_llm_stage
+
+        ds = add_llm_stage(ds, cfg.stage.anatomies, cfg.stage.reports)
     ds = ds.map_batches(
         process_batch, fn_kwargs={"cfg": cfg.stage}, batch_size=cfg.batch_size,
         batch_format="pandas", num_cpus=cfg.num_cpus_per_task,
@@ -267,8 +284,8 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[st
     res = pd.concat(results, ignore_index=True) if results else pd.DataFrame(
         columns=["study_id", "status", "seconds", "timings", "write_s"])
     stats = {
-        "manifest_size": len(plan["manifest"]), "num_decoded": len(res), "num_dups": plan["num_dups"],
-        "num_excluded": plan["num_excluded"],
+        "manifest_size": plan["manifest_size"], "num_decoded": len(res), "num_dups": plan["num_dups"],
+        "num_excluded": plan["num_excluded"], "num_invalid_split": plan["num_invalid_split"],
         "num_skipped": len(plan["planned"]) - len(pending),
         "num_ok_this_run": int((res.status == "ok").sum()) if len(res) else 0,
         "stage_seconds": _stage_seconds(res), "num_waves": len(waves),

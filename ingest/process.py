@@ -1,12 +1,14 @@
 """The CPU stage for one study: bytes in storage -> one shard row (or a quarantine reason).
 
 Steps (each a pure function of ``ctvlp.transforms`` / ``ctvlp.reports`` / ``ctvlp.models.text``):
-read bytes -> decode NIfTI (magic-byte gzip detection) or a DICOM series -> repair the header from
-the metadata row (CT-RATE) -> checks (3D, finite, CT range, spacing) -> mask: read, check it is on
-the image grid, group TotalSegmentator ids -> canonical RAS (D, H, W) -> crop to the anatomies at
+per-anatomy report texts and labels first (``ingest.reports``: a missing or unreadable report
+costs no decode) -> read bytes -> decode NIfTI (magic-byte gzip detection) or a DICOM series ->
+repair the header from the metadata row (CT-RATE) -> checks (3D, finite, geometry: spacing,
+obliquity, size; CT range) -> mask: read, check it is on the image grid and holds only class-map
+ids, group TotalSegmentator ids -> canonical RAS (D, H, W) -> crop to the anatomies at
 native resolution (with room for margin and min size) -> resample (trilinear image, nearest mask)
--> HU window to uint8 -> final crop + margin, pad to min size -> boxes / voxel counts -> per-anatomy
-report texts and labels -> token ids -> compress.
+-> HU window to uint8 -> final crop + margin, pad to min size -> boxes / voxel counts -> token
+ids -> compress.
 
 No Ray here: :mod:`ingest.pipeline` calls :func:`process_batch` from ``map_batches``; tests and
 ``bench/ingest.py`` call it directly.
@@ -30,6 +32,7 @@ from ctvlp.data.codec import encode_volume
 from ctvlp.transforms import array as T
 from ctvlp.transforms import header, io, validate
 from ingest.quarantine import QuarantineError, classify
+from ingest.reports import ReportConfig, report_labels
 from ingest.storage import Storage
 
 
@@ -44,6 +47,10 @@ class StageConfig:
         codec / codec_level: volume compression in shards.
         repair_headers: rebuild geometry from the metadata row when it has one.
         text_name_or_path / max_length: the spec's tokenizer.
+        reports: the report parser and its policies (``ingest.report_*``, ``ingest.llm_*``).
+        min_slices / min_extent_mm: smaller inputs are quarantined as ``too_small``.
+        max_oblique_deg: more oblique inputs are quarantined as ``oblique``; the angle of every
+            written study is in its ``meta`` and in the index.
     """
 
     grouping: dict[str, list[str]]
@@ -57,6 +64,10 @@ class StageConfig:
     text_name_or_path: str = "tiny"
     max_length: int = 384
     storage: Storage = field(default_factory=Storage)
+    reports: ReportConfig = field(default_factory=ReportConfig)
+    min_slices: int = 16
+    min_extent_mm: tuple[float, float, float] = (100.0, 150.0, 150.0)
+    max_oblique_deg: float = 5.0
 
     @property
     def anatomies(self) -> list[str]:
@@ -171,7 +182,7 @@ def _integer_mask(mask: np.ndarray) -> np.ndarray:
     if np.issubdtype(mask.dtype, np.integer):
         return mask
     if not np.array_equal(mask, np.round(mask)) or mask.min() < 0 or mask.max() > 255:
-        raise validate.VolumeError("mask_mismatch", f"mask values are not TotalSegmentator ids ({mask.dtype})")
+        raise validate.VolumeError("mask_labels", f"mask values are not TotalSegmentator ids ({mask.dtype})")
     return mask.astype(np.uint8)
 
 
@@ -180,6 +191,7 @@ def transform(image_xyz, affine, mask_xyz, cfg: StageConfig) -> dict[str, Any]:
     validate.check_spacing(T.voxel_sizes(affine))
     lut = _lut(json.dumps(cfg.grouping))
     mask_xyz = _integer_mask(mask_xyz)
+    validate.check_mask_labels(mask_xyz, max(anatomy.ts_total_classes()))
     window = _native_window(mask_xyz, affine, lut, cfg)
     shift = np.eye(4)
     shift[:3, 3] = [w.start for w in window]
@@ -199,15 +211,21 @@ def transform(image_xyz, affine, mask_xyz, cfg: StageConfig) -> dict[str, Any]:
 
 
 def report_texts(rec: dict[str, Any], cfg: StageConfig) -> tuple[list[str], list[int]]:
-    """Per-anatomy (text, abnormal) from the rule parser, in the grouping's order."""
-    from ctvlp.reports.rules import parse_report
+    """Per-anatomy (text, label 1 / 0 / -1) in the grouping's order (:func:`ingest.reports.report_labels`)."""
+    return report_labels(rec, cfg.anatomies, cfg.reports)
 
-    if not (rec.get("findings") or rec.get("impression")):
-        raise QuarantineError("missing_report", "no findings and no impression")
-    parsed = parse_report(rec.get("findings", ""), rec.get("impression", ""), cfg.anatomies)
-    texts = [parsed[a][0] for a in cfg.anatomies]
-    labels = [int(bool(parsed[a][1])) for a in cfg.anatomies]
-    return texts, labels
+
+def check_geometry(shape_xyz, affine: np.ndarray, cfg: StageConfig) -> float:
+    """Spacing (``bad_spacing``: zero, negative, huge), obliquity (``oblique``) and size
+    (``too_small``) of the volume to be used; returns its obliquity in degrees."""
+    angle = validate.check_oblique(affine, cfg.max_oblique_deg)  # zero axes raise bad_spacing first
+    zooms = T.voxel_sizes(affine)
+    validate.check_spacing(zooms)
+    dhw = 2 - nib.orientations.io_orientation(affine)[:, 0].astype(int)  # stored axis -> (D, H, W) index
+    shape_dhw, spacing_dhw = np.empty(3, int), np.empty(3)
+    shape_dhw[dhw], spacing_dhw[dhw] = shape_xyz, zooms
+    validate.check_size(shape_dhw.tolist(), spacing_dhw.tolist(), cfg.min_slices, cfg.min_extent_mm)
+    return angle
 
 
 def process_study(rec: dict[str, Any], cfg: StageConfig, timings: dict[str, float]) -> dict[str, Any]:
@@ -221,6 +239,10 @@ def process_study(rec: dict[str, Any], cfg: StageConfig, timings: dict[str, floa
     validate.check_finite(image)
     meta = json.loads(rec.get("meta") or "{}")
     image, fixed_affine = repair(image, affine, info, meta, cfg)
+    raw_pixdim = info.get("raw_pixdim", [1.0, 1.0, 1.0])
+    if not (cfg.repair_headers and meta) and not all(math.isfinite(z) and z > 0 for z in raw_pixdim):
+        raise QuarantineError("bad_spacing", f"header pixdim {[round(z, 4) for z in raw_pixdim]} mm: zero or negative")
+    oblique_deg = check_geometry(image.shape, fixed_affine, cfg)
     validate.check_ct_range(image)
     mask = read_mask(rec, image.shape, [fixed_affine, affine], cfg.storage)
     t1 = time.perf_counter()
@@ -239,7 +261,7 @@ def process_study(rec: dict[str, Any], cfg: StageConfig, timings: dict[str, floa
         "meta": json.dumps({  # non-identifying only: geometry and source format
             "orig_shape": out["orig_shape"], "orig_spacing": [round(s, 4) for s in out["orig_spacing"]],
             "orig_axcodes": info.get("axcodes", ""), "source_format": info.get("format", ""),
-            "header_repaired": bool(cfg.repair_headers and meta),
+            "header_repaired": bool(cfg.repair_headers and meta), "oblique_deg": round(oblique_deg, 2),
         }),
     }
     t4 = time.perf_counter()

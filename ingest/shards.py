@@ -52,7 +52,7 @@ SCHEMA = pa.schema([
     ("disease_labels", pa.string()),
     ("meta", pa.string()),
 ])
-META_COLUMNS = ["study_id", "split", "shape", "spacing", "voxel_counts", "abnormal"]
+META_COLUMNS = ["study_id", "split", "shape", "spacing", "voxel_counts", "abnormal", "meta"]
 ROWS_PER_ROW_GROUP = 16  # ~50-80 MB per row group at CT-RATE crop sizes: streamable
 
 
@@ -171,7 +171,10 @@ def build_index(storage: Storage, root: str, anatomies: list[str]) -> tuple[dict
         per_split[split] = {
             "num_samples": int(len(g)),
             "anatomy_prevalence": {a: float(present[:, j].mean()) for j, a in enumerate(anatomies)},
-            "abnormal_rate": {a: float(abn[:, j].mean()) for j, a in enumerate(anatomies)},
+            # over known labels; unknown (-1) labels are counted apart
+            "abnormal_rate": {a: float((abn[:, j] == 1).sum() / max(1, (abn[:, j] >= 0).sum()))
+                              for j, a in enumerate(anatomies)},
+            "unknown_rate": {a: float((abn[:, j] < 0).mean()) for j, a in enumerate(anatomies)},
         }
     shapes = np.stack([np.asarray(s) for s in meta["shape"]]) if len(meta) else np.zeros((0, 3))
     spacing = np.stack([np.asarray(s) for s in meta["spacing"]]) if len(meta) else np.zeros((0, 3))
@@ -187,9 +190,19 @@ def build_index(storage: Storage, root: str, anatomies: list[str]) -> tuple[dict
                             for i, ax in enumerate(axes)},
         "spacing_histogram": {ax: _hist(spacing[:, i].tolist(), [0, 0.5, 0.8, 1.0, 1.5, 2, 3, 5, 8, 20])
                               for i, ax in enumerate(axes)},
+        "oblique": _oblique(meta),
         "num_shards": len(files),
         "shard_files": [f.rsplit("/", 1)[-1] for f in files],
     }, quar
+
+
+def _oblique(meta: pd.DataFrame) -> dict[str, Any]:
+    """Obliquity of the written studies (``meta.oblique_deg``, snapped to the axes at ingest):
+    the largest angle and every study tilted by more than 0.1 degree."""
+    angles = {sid: float(json.loads(m or "{}").get("oblique_deg", 0.0))
+              for sid, m in zip(meta.study_id, meta.get("meta", []))}
+    tilted = {sid: a for sid, a in sorted(angles.items()) if a > 0.1}
+    return {"max_deg": max(angles.values(), default=0.0), "num_tilted": len(tilted), "studies_deg": tilted}
 
 
 def summary_markdown(index: dict[str, Any], stats: dict[str, Any]) -> str:
@@ -203,6 +216,10 @@ def summary_markdown(index: dict[str, Any], stats: dict[str, Any]) -> str:
         lines += [f"| {a} | {s['anatomy_prevalence'][a]:.2f} | {s['abnormal_rate'][a]:.2f} |"
                   for a in index["anatomies"]]
         lines.append("")
+    obl = index.get("oblique", {})
+    if obl:
+        lines += [f"Oblique scans snapped to the axes: {obl['num_tilted']} (largest angle "
+                  f"{obl['max_deg']:.1f} deg; per study in index.json, `oblique`).", ""]
     lines += ["## Quarantine", "", "| reason | count | meaning |", "|---|---|---|"]
     lines += [f"| {r} | {c} | {quarantine.REASONS.get(r, '')} |"
               for r, c in sorted(index["quarantine_reasons"].items())]

@@ -29,11 +29,53 @@ FAULTS = {
     "f_emptymask": "empty_mask",
     "f_misaligned": "mask_mismatch",
     "f_noreport": "missing_report",
+    "f_nomask": "missing_mask",
     "f_missing_object": "unreadable",
     "f_garbage": "unreadable",
     "f_dicom_mr": "not_ct",
+    # issue 21: precise reasons for bad scans, and unreadable reports
+    "f_two_slices": "too_small",
+    "f_narrow_fov": "too_small",
+    "f_zero_spacing": "bad_spacing",
+    "f_dicom_zero_spacing": "bad_spacing",
+    "f_oblique": "oblique",
+    "f_mask_labels": "mask_labels",
+    "f_bad_split": "invalid_split",
+    "f_report_dot": "report_unparsed",
+    "f_report_german": "report_unparsed",
+    "f_report_no_anatomy": "report_unparsed",
 }
-NUM_GOOD = 6  # g0..g5, plus the DICOM study "g_dicom"
+NUM_GOOD = 6  # g0..g5, plus the DICOM study "g_dicom" and the slightly oblique "g_oblique"
+OBLIQUE_SMALL_DEG, OBLIQUE_LARGE_DEG = 3.0, 20.0
+UNREADABLE_REPORTS = {  # study id -> (findings, impression)
+    "f_report_dot": (".", ""),
+    "f_report_german": ("Raumforderung von 3 cm im rechten Oberlappen der Lunge, verdaechtig auf "
+                        "Malignitaet. Kein Pleuraerguss.", "Verdacht auf Bronchialkarzinom."),
+    "f_report_no_anatomy": ("Liver cyst. Degenerative changes of the spine.", "No acute findings."),
+}
+
+
+def zero_spacing_nifti(array_xyz: np.ndarray) -> bytes:
+    """A NIfTI whose only geometry is pixdim (no qform, no sform) with a zero slice spacing: what
+    a broken converter writes. nibabel refuses to write one, so pixdim[3] is patched in the bytes."""
+    import gzip
+    import struct
+
+    import nibabel as nib
+
+    img = nib.Nifti1Image(array_xyz, None)
+    img.header.set_zooms((0.9, 0.9, 2.5))
+    raw = bytearray(img.to_bytes())
+    raw[76 + 3 * 4 : 76 + 4 * 4] = struct.pack("<f", 0.0)  # pixdim[3] (little-endian float32)
+    return gzip.compress(bytes(raw), compresslevel=1)
+
+
+def tilted(affine: np.ndarray, degrees: float) -> np.ndarray:
+    """``affine`` rotated by ``degrees`` about the world x axis (an oblique acquisition)."""
+    t = np.radians(degrees)
+    rot = np.eye(4)
+    rot[1:3, 1:3] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+    return rot @ affine
 
 
 def phantom(seed: int, shape=(32, 30, 24)) -> tuple[np.ndarray, np.ndarray]:
@@ -98,17 +140,48 @@ def build_fault_corpus(root: Path) -> list[dict[str, str]]:
     add("f_emptymask", good_img, nifti_bytes(np.where(mask > 0, TS["liver"], 0).astype(np.uint8), aff))
     add("f_misaligned", good_img, nifti_bytes(mask[:-2], aff))
     add("f_noreport", good_img, good_mask, report=("", ""))
+    add("f_nomask", good_img, None)
     add("f_missing_object", None, good_mask, image_name="images/does_not_exist.nii.gz")
     add("f_garbage", b"this is not a volume at all" * 20, good_mask)
     mr = dicom_series_bytes(img, aff, modality="MR")
     for k, b in enumerate(mr):
         _write(root / f"dicom/f_dicom_mr/slice{k:03d}.dcm", b)
     add("f_dicom_mr", None, good_mask, image_name="dicom/f_dicom_mr/")
+    _add_issue21_faults(root, add, img, mask, aff)
     with open(root / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     return rows
+
+
+def _zero_pixel_spacing(dicom: bytes) -> bytes:
+    """One DICOM slice with PixelSpacing 0 \\ 0."""
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom))
+    ds.PixelSpacing = [0.0, 0.0]
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+def _add_issue21_faults(root: Path, add, img: np.ndarray, mask: np.ndarray, aff: np.ndarray) -> None:
+    """Bad scans with a precise reason, a slightly oblique good scan, unreadable reports."""
+    add("f_two_slices", nifti_bytes(img[:, :, 10:12], aff), nifti_bytes(mask[:, :, 10:12], aff))
+    add("f_narrow_fov", nifti_bytes(img[:12], aff), nifti_bytes(mask[:12], aff))
+    add("f_zero_spacing", zero_spacing_nifti(img), zero_spacing_nifti(mask))
+    for k, b in enumerate(dicom_series_bytes(img, aff)):
+        _write(root / f"dicom/f_dicom_zero_spacing/slice{k:03d}.dcm", _zero_pixel_spacing(b))
+    add("f_dicom_zero_spacing", None, nifti_bytes(mask, aff), image_name="dicom/f_dicom_zero_spacing/")
+    for sid, deg in (("g_oblique", OBLIQUE_SMALL_DEG), ("f_oblique", OBLIQUE_LARGE_DEG)):
+        add(sid, nifti_bytes(img, tilted(aff, deg)), nifti_bytes(mask, tilted(aff, deg)))
+    add("f_mask_labels", nifti_bytes(img, aff), nifti_bytes(np.where(mask > 0, 200, 0).astype(np.uint8), aff))
+    add("f_bad_split", nifti_bytes(img, aff), nifti_bytes(mask, aff), split="training-set")
+    for sid, report in UNREADABLE_REPORTS.items():
+        add(sid, nifti_bytes(img, aff), nifti_bytes(mask, aff), report=report)
 
 
 def upload_dir(s3_client, local: Path, bucket: str, prefix: str) -> None:
@@ -124,4 +197,6 @@ def tiny_stage(storage=None) -> StageConfig:
         grouping=anatomy.CHEST, spacing=(3.0, 1.5, 1.5), hu_window=(-1150.0, 350.0),
         crop_margin=(1, 2, 2), min_size=(12, 20, 20), codec="zstd", codec_level=3,
         text_name_or_path="tiny", max_length=64, storage=storage or Storage(),
+        # the phantoms are ~29 x 27 x 60 mm: the spec's defaults are for real chest CT
+        min_slices=8, min_extent_mm=(20.0, 20.0, 20.0), max_oblique_deg=5.0,
     )

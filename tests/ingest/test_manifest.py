@@ -153,3 +153,20 @@ def test_duplicates_split_keeps_first():
     df = pd.DataFrame({"study_id": ["a", "b", "a", "a"], "split": ["train"] * 4})
     first, dups = mf.split_duplicates(df)
     assert first.study_id.tolist() == ["a", "b"] and dups.study_id.tolist() == ["a", "a"]
+
+
+@pytest.mark.parametrize("bad_id", ["", "  ", "a/b", "../etc", "-x", "has space", "x" * 201])
+def test_empty_or_malformed_study_id_rejected_naming_the_row(tmp_path, bad_id):
+    rows = [{"study_id": "ok_1", "image_uri": "a.nii", "report": "r", "split": "train"},
+            {"study_id": bad_id, "image_uri": "b.nii", "report": "r", "split": "train"}]
+    with pytest.raises(ValueError, match="data row 2: study_id .* empty or malformed"):
+        mf.build_manifest(Storage(), _csv(tmp_path, rows), "csv")
+
+
+def test_invalid_split_is_set_aside_per_row(tmp_path):
+    rows = [{"study_id": s, "image_uri": f"{s}.nii", "report": "r", "split": sp, "patient_id": "p1"}
+            for s, sp in (("a", "train"), ("b", "training-set"), ("c", "TRAIN"))]
+    df = mf.build_manifest(Storage(), _csv(tmp_path, rows), "csv")  # the patient check skips "b"
+    good, bad = mf.split_invalid_splits(df)
+    assert good.study_id.tolist() == ["a", "c"] and good.split.tolist() == ["train", "train"]
+    assert bad.study_id.tolist() == ["b"] and bad.raw_split.tolist() == ["training-set"] and bad.split[0] == ""

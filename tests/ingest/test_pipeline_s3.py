@@ -1,5 +1,9 @@
 """End to end on moto S3: one fault corpus, one Ray Data run, then a simulated kill and rerun.
 
+The corpus mixes clean scans, every bad-input kind (tests/ingest/corpus.py, ``FAULTS``) and
+unreadable reports: written + quarantined = manifest rows, each quarantined row with its reason.
+A second, small run puts the LLM report parser (a tiny causal LM by path) in its actor pool.
+
 The module fixture uploads the fault corpus (tests/ingest/conftest.py) to ``s3://``, ingests it to
 ``s3://`` once, and every test below reads that run's outputs; the rerun test then deletes the
 commit markers (and for one group the data file) of a killed run and checks what gets redone.
@@ -18,7 +22,7 @@ from ingest import shards
 from ingest.pipeline import IngestConfig, run_ingest
 from ingest.storage import Storage
 
-from tests.ingest.corpus import FAULTS, NUM_GOOD, REPORT, tiny_stage, upload_dir
+from tests.ingest.corpus import FAULTS, NUM_GOOD, OBLIQUE_SMALL_DEG, REPORT, UNREADABLE_REPORTS, tiny_stage, upload_dir
 
 BUCKET = "ingest-tests"
 
@@ -51,9 +55,19 @@ def _quarantine(cfg: IngestConfig):
 def test_counts_add_up(ingested):
     cfg, stats, rows, _ = ingested
     index = stats["index"]
-    assert index["num_written"] == NUM_GOOD + 1  # + the DICOM series study
+    assert index["num_written"] == NUM_GOOD + 2  # + the DICOM series study and the 3-degree oblique one
     assert index["num_written"] + index["num_quarantined"] == len(rows) == stats["manifest_size"]
     assert index["num_unique_written"] == index["num_written"]
+    by_id, table = _quarantine(cfg)
+    assert len(table) == len(FAULTS) + 1 and set(by_id) == set(FAULTS)  # + the duplicate g_dicom
+    assert index["oblique"]["studies_deg"] == {"g_oblique": pytest.approx(OBLIQUE_SMALL_DEG, abs=0.01)}
+
+
+def test_no_unreadable_report_written(ingested):
+    cfg = ingested[0]
+    by_id, _ = _quarantine(cfg)
+    assert {s: by_id[s]["reason"] for s in UNREADABLE_REPORTS} == dict.fromkeys(UNREADABLE_REPORTS, "report_unparsed")
+    assert by_id["f_bad_split"]["detail"] == "split 'training-set' is not one of ['train', 'valid', 'test']"
 
 
 @pytest.mark.parametrize("study_id,reason", sorted(FAULTS.items()))
@@ -74,7 +88,7 @@ def test_shards_decode_to_batch_contract(ingested):
     storage = cfg.stage.storage
     files = storage.list_files(f"{cfg.shards_uri}/data", ".parquet")
     rows = [r for f in files for r in shards.read_table(storage, f).to_pylist()]
-    assert {r["study_id"] for r in rows} == {f"g{i}" for i in range(NUM_GOOD)} | {"g_dicom"}
+    assert {r["study_id"] for r in rows} == {f"g{i}" for i in range(NUM_GOOD)} | {"g_dicom", "g_oblique"}
     samples = [decode_sample(r) for r in rows]
     m = len(cfg.stage.anatomies)
     for s in samples:
@@ -119,7 +133,7 @@ def test_killed_and_rerun_resumes_exactly_once(ingested, ray_session):
     logs: list[str] = []
     second = run_ingest(cfg, log=logs.append)
     assert second["num_decoded"] == redo
-    assert second["num_skipped"] == len(rows) - first["num_dups"] - redo
+    assert second["num_skipped"] == len(rows) - first["num_dups"] - first["num_invalid_split"] - redo
     assert any(f"to decode now: {redo} studies" in line for line in logs)
     index = second["index"]
     assert index["num_written"] == index["num_unique_written"] == first["index"]["num_written"]
@@ -137,3 +151,23 @@ def test_segmentation_without_gpu_stops_before_work(ingested, s3_client, monkeyp
     with pytest.raises(PreflightError, match="no GPU"):
         run_ingest(cfg)
     assert "Contents" not in s3_client.list_objects_v2(Bucket=BUCKET, Prefix="seg/")
+
+
+def test_llm_parser_actor_pool(ingested, s3_client, tmp_path):
+    """ingest.report_parser=llm: the actor pool loads a tiny causal LM by path; its invalid
+    replies are quarantined under llm_fallback=quarantine, and unreadable reports never reach it."""
+    import dataclasses
+
+    from ctvlp.reports.llm import save_tiny_causal_lm
+    from ingest.reports import ReportConfig
+
+    model = save_tiny_causal_lm(str(tmp_path / "tiny_lm"))
+    base = _config(ingested[0].stage.storage.endpoint_url, "llm")
+    reports = ReportConfig(parser="llm", llm_path=model, llm_fallback="quarantine", llm_batch_size=2,
+                           llm_max_new_tokens=4)
+    cfg = dataclasses.replace(base, max_studies=3, stage=dataclasses.replace(base.stage, reports=reports))
+    stats = run_ingest(cfg, log=print)
+    by_id, _ = _quarantine(cfg)
+    assert stats["index"]["num_written"] == 0 and set(by_id) == {"g0", "g1", "g2"}
+    assert {r["reason"] for r in by_id.values()} == {"report_unparsed"}
+    assert all("invalid LLM reply" in r["detail"] for r in by_id.values())

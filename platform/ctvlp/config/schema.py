@@ -388,11 +388,33 @@ class IngestSpec(Strict):
     studies_per_shard: NonNegInt = 0  # 0 = derived from shard_target_mb and the crop size
     groups_per_wave: NonNegInt = 0  # shard groups decoded per wave (0 = 2 x the cluster's CPUs)
     mask_dir: str = "masks"  # CT-RATE layout: supplied masks under <source_uri>/<mask_dir>/<split>/...
+    # Label of an anatomy whose only findings are hedged ("possible", "cannot be excluded"), for
+    # both parsers: abnormal (1, the default: the radiologist saw something), unknown (-1: left
+    # out of the losses and the evaluation) or normal (0).
+    report_uncertainty: Literal["abnormal", "unknown", "normal"] = "abnormal"
+    # A report the parser cannot read (empty, no sentence about any anatomy of the grouping, a
+    # language outside report_languages): quarantine it (`report_unparsed`), or write the study
+    # with every label unknown (-1, left out of the losses and the evaluation).
+    report_unreadable: Literal["quarantine", "unknown"] = "quarantine"
+    report_languages: list[str] = ["en"]  # ISO 639-1 codes the parser reads (offline langdetect)
+    llm_fallback: Literal["rules", "quarantine"] = "rules"  # on an invalid LLM reply
+    llm_num_actors: PosInt = 1  # report-parser actors (each loads the model once)
+    llm_num_gpus: Annotated[float, Field(ge=0)] = 0.0  # GPUs per actor (1 for a 7B model; 0 = CPU)
+    llm_batch_size: PosInt = 8  # reports per generate call
+    llm_max_new_tokens: PosInt = 768  # reply budget: the JSON for M anatomies
+    min_slices: PosInt = 16  # fewer slices along D -> `too_small`
+    min_extent_mm: Vec3f = (100.0, 150.0, 150.0)  # smaller field of view (D, H, W) mm -> `too_small`
+    # Voxel axes tilted further than this from the patient axes -> `oblique` (quarantined; below
+    # it the volume is snapped to the closest axes, and the angle is recorded in the index).
+    max_oblique_deg: Annotated[float, Field(ge=0, le=45)] = 5.0
 
     @model_validator(mode="after")
     def _llm_path(self):
         if self.report_parser == "llm" and not self.llm_path:
-            raise ValueError("report_parser is 'llm' but llm_path is unset: give a model directory")
+            raise ValueError("ingest.report_parser is 'llm' but ingest.llm_path is unset: give a model "
+                             "directory or a Hugging Face name")
+        if not self.report_languages:
+            raise ValueError("ingest.report_languages is empty: list the report languages, e.g. [en]")
         return self
 
 

@@ -73,12 +73,19 @@ def decode_sample(row: Mapping[str, Any]) -> dict[str, Any]:
         window), ``mask`` uint8 ``[D, H, W]`` (grouped ids), ``spacing`` float32 ``[3]``,
         ``boxes`` int32 ``[M, 6]``, ``voxel_counts`` int64 ``[M]``, ``abnormal`` int64 ``[M]``,
         ``input_ids`` list of M int64 arrays ``[T_j]``, ``texts`` list of M str,
-        ``disease_labels`` dict, ``meta`` dict.
+        ``disease_labels`` dict, ``meta`` dict, ``label_known`` bool ``[M]``.
+
+    An anatomy whose stored label is unknown (-1: a hedged finding under
+    ``ingest.report_uncertainty=unknown``, or an unreadable report under
+    ``ingest.report_unreadable=unknown``) is removed from the sample here, in the one place every
+    training phase and the evaluation read shards through: its mask voxels become background, its
+    box -1 and its voxel count 0, so no loss, token cache or evaluation window sees it;
+    ``abnormal`` becomes 0 there and ``label_known`` False.
     """
     shape = [int(s) for s in row["shape"]]
     codec = row["codec"]
     boxes = np.asarray([np.asarray(b, dtype=np.int32) for b in row["boxes"]], dtype=np.int32)
-    return {
+    sample = {
         "study_id": str(row["study_id"]),
         "split": str(row["split"]),
         "image": decode_volume(row["image"], shape, codec),
@@ -92,3 +99,21 @@ def decode_sample(row: Mapping[str, Any]) -> dict[str, Any]:
         "disease_labels": json.loads(row.get("disease_labels") or "{}"),
         "meta": json.loads(row.get("meta") or "{}"),
     }
+    return drop_unknown(sample)
+
+
+def drop_unknown(sample: dict[str, Any]) -> dict[str, Any]:
+    """Remove anatomies with label -1 from a decoded sample (see :func:`decode_sample`)."""
+    abnormal = sample["abnormal"]
+    sample["label_known"] = abnormal >= 0
+    unknown = np.flatnonzero(abnormal < 0)
+    if len(unknown) == 0:
+        return sample
+    drop = np.isin(sample["mask"], unknown + 1)  # grouped mask value j + 1 = anatomy j
+    sample["mask"] = np.where(drop, 0, sample["mask"]).astype(np.uint8)
+    sample["boxes"] = sample["boxes"].copy()
+    sample["boxes"][unknown] = -1
+    sample["voxel_counts"] = sample["voxel_counts"].copy()
+    sample["voxel_counts"][unknown] = 0
+    sample["abnormal"] = np.where(abnormal < 0, 0, abnormal)
+    return sample

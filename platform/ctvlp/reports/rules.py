@@ -1,54 +1,91 @@
-"""Rule-based report parser: report -> per-anatomy text and a normal (0) / abnormal (1) label.
+"""Rule-based report parser: report -> per-anatomy text and label (1 abnormal, 0 normal, -1 unknown).
 
 Pipeline, per report section (impression first, then findings, as fVLM concatenates them):
 
+0. normalise (:mod:`ctvlp.reports.normalise`): keep the findings and impression of a report
+   pasted whole with its headers, join line wraps inside sentences, correct one-edit typos;
 1. sentences: split on ``.!?`` followed by whitespace, and on newlines ("3.5 cm" stays whole);
 2. clauses: hard split on ``; :`` and contrast words (but, however, whereas, although, except);
    soft split on commas, "and", "with", "without" only where the left part is already a
    statement (it has a predicate, a trigger or a finding word) and, for commas and "and", the
-   right part is a statement about an anatomy too. "The liver is enlarged and the spleen is normal" splits;
-   "The liver and spleen are normal" and "normal in size, contour, and attenuation" do not;
+   right part is about an anatomy and says something of it. "The liver is enlarged and the
+   spleen is normal" and "Normal lungs, dilated aorta" split; "The liver and spleen are normal"
+   and "normal in size, contour, and attenuation" do not;
 3. anatomies per clause from the lexicon (blockers masked, longest phrase first); a clause that
    names none inherits the previous clause's anatomies ("..., with a 2 cm cyst"); a bare subject
    ("Liver:") is merged into the clause that follows it;
-4. polarity (NegEx-style, clause scope): uncertain mentions are abnormal, even when phrased with a
-   negation ("cannot be excluded"); otherwise a clause with a negation trigger is a normal
-   statement; otherwise a clause that says anything besides anatomy names is abnormal.
+4. assertion per comma segment of a clause (NegEx-style, :func:`RuleReportParser.segment_status`):
+   stability and pseudo-negation phrases are removed ("not appreciably changed", "unchanged");
+   a pre-negation negates the rest of its segment, a post-negation the segment before it; a
+   segment that still says something besides anatomy names, neutral words ("size", "shows")
+   and measurements is ``abnormal`` ("Thoracic aorta is calcified, not dilated"); a hedge
+   ("possible", "cannot be excluded") with no finding stated before it is ``uncertain``; a
+   segment with a negation or a stability statement and nothing else is ``normal``
+   ("Heart size is unchanged."). A list after a negated segment stays negated ("no nodule,
+   consolidation or effusion"). An aortic diameter of at least ``AORTA_MAX_MM`` is abnormal.
 
 Output (decided, and matching fVLM's "impression-based" texts, shared/research/method.md 5.4):
-abnormal = 1 iff any clause about the anatomy is abnormal. The text is every clause about the
-anatomy in report order (deduplicated); for a normal anatomy it is prefixed with the template
+an anatomy is abnormal (1) if any clause about it is abnormal; otherwise, if a clause about it is
+uncertain, the uncertainty policy decides: ``abnormal`` (1, the default), ``unknown`` (-1: the
+anatomy is left out of the losses, see :func:`ctvlp.data.codec.decode_sample`) or ``normal`` (0);
+otherwise it is normal (0). The text is every clause about the anatomy in report order
+(deduplicated); for a normal anatomy it is prefixed with the template
 ``"{anatomy} shows no significant abnormalities."``, which alone is the text of an anatomy the
 report does not mention. So a text starts with the template exactly when its label is 0.
+
+Why ``abnormal`` is the default policy: a hedged finding ("possible small effusion") is
+something the radiologist saw; pairing the anatomy with "shows no significant abnormalities"
+would teach the wrong text, and ``unknown`` drops the anatomy from every loss. It is also what
+the parser did before the policy existed, and the LLM prompt's rule.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ctvlp.reports import lexicon as L
+from ctvlp.reports.normalise import normalise
 
 NORMAL_TEMPLATE = "{anatomy} shows no significant abnormalities."
+UNCERTAINTY_POLICIES: dict[str, int] = {"abnormal": 1, "unknown": -1, "normal": 0}
+AORTA_MAX_MM = 40.0  # an aortic diameter at or above this is dilated (ascending aorta, adults)
 
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _HARD_SPLIT = re.compile(
-    r"\s*[;:]\s*|,?\s*\b(?:but|however|whereas|although|except|apart from|otherwise)\b,?\s*", re.I
+    r"\s*[;:]\s*|,?\s*\b(?:but|however|whereas|although|though|except|apart from|otherwise)\b,?\s*", re.I
 )
 _SOFT_SPLIT = re.compile(r",?\s+(?:and|with|without|while)\s+|,\s*", re.I)
 _WORD = re.compile(r"[a-z][a-z-]*", re.I)
 _STRIP_CHARS = re.compile(r"[\"'()\[\]{}]")
+_MEASURE = re.compile(r"(\d+(?:\.\d+)?)\s*(mm|cm)\b", re.I)
+_RANK = {"abnormal": 3, "uncertain": 2, "normal": 1, None: 0}
 
 
 @dataclass
 class Clause:
-    """One clause: its text, the anatomies it is about, and its assertion (None = says nothing)."""
+    """One clause: its text, the anatomies it is about, and its assertion.
+
+    ``status``: "abnormal", "uncertain", "normal", or None (the clause says nothing).
+    """
 
     text: str
     anatomies: list[str]
-    abnormal: bool | None
+    status: str | None
     inherited: bool = False
+
+
+@dataclass
+class Parsed:
+    """A parsed report: ``labels``/``texts`` per anatomy, ``mentioned`` anatomies in report order."""
+
+    texts: dict[str, str]
+    labels: dict[str, int]
+    mentioned: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, tuple[str, int]]:
+        return {a: (self.texts[a], self.labels[a]) for a in self.texts}
 
 
 class RuleReportParser:
@@ -58,12 +95,19 @@ class RuleReportParser:
         anatomies: the grouping's anatomy names (``spec.data.anatomies``); names missing from the
             lexicon are matched literally.
         lexicon: ``{anatomy: phrases}``, default :data:`ctvlp.reports.lexicon.ANATOMY_TERMS`.
+        uncertainty: label of an anatomy whose only findings are hedged
+            (``spec.ingest.report_uncertainty``): "abnormal" (1), "unknown" (-1) or "normal" (0).
     """
 
-    def __init__(self, anatomies: list[str] | tuple[str, ...], lexicon: dict[str, tuple[str, ...]] | None = None):
+    def __init__(self, anatomies: list[str] | tuple[str, ...], lexicon: dict[str, tuple[str, ...]] | None = None,
+                 uncertainty: str = "abnormal"):
         if not anatomies:
             raise ValueError("anatomies is empty: give the grouping's anatomy names")
+        if uncertainty not in UNCERTAINTY_POLICIES:
+            raise ValueError(f"uncertainty policy {uncertainty!r} (ingest.report_uncertainty) must be "
+                             f"one of {sorted(UNCERTAINTY_POLICIES)}")
         self.anatomies = list(anatomies)
+        self.uncertainty = uncertainty
         lex = dict(L.ANATOMY_TERMS if lexicon is None else lexicon)
         for name in self.anatomies:
             lex.setdefault(name, (name,))
@@ -72,8 +116,11 @@ class RuleReportParser:
         self._blockers = L.phrase_regex(L.BLOCKERS)
         self._pre = L.phrase_regex(L.PRE_NEGATIONS)
         self._post = L.phrase_regex(L.POST_NEGATIONS)
-        self._uncertain = L.phrase_regex(L.UNCERTAIN)
-        self._pseudo = L.phrase_regex(L.PSEUDO_NEGATIONS)
+        self._hedge_pre = L.phrase_regex(L.HEDGES_PRE)
+        self._hedge_post = L.phrase_regex(L.HEDGES_POST)
+        self._confident = L.phrase_regex(L.CONFIDENT)
+        self._negated_hedges = L.phrase_regex(L.NEGATED_HEDGES)
+        self._pseudo = L.phrase_regex(L.PSEUDO_NEGATIONS + L.STABILITY)
         self._findings = L.phrase_regex(L.FINDING_TERMS)
 
     # -- detection ---------------------------------------------------------------------------
@@ -89,34 +136,79 @@ class RuleReportParser:
 
     def _content_words(self, text: str) -> list[str]:
         masked = self._terms.sub(" ", self._blockers.sub(" ", text))
-        return [w for w in _WORD.findall(masked.lower()) if w not in L.FILLER_WORDS]
+        return [w for w in _WORD.findall(masked.lower())
+                if w not in L.FILLER_WORDS and w not in L.NEUTRAL_WORDS]
+
+    def _says_something(self, text: str) -> bool:
+        """A finding term or a content word (not anatomy, filler, neutral) in ``text``."""
+        return bool(self._findings.search(text) or self._content_words(text))
 
     def _is_statement(self, text: str) -> bool:
         words = set(_WORD.findall(text.lower()))
         return bool(
             words & L.PREDICATE_WORDS
-            or self._pre.search(text) or self._post.search(text)
-            or self._uncertain.search(text) or self._findings.search(text)
+            or self._pre.search(text) or self._post.search(text) or self._pseudo.search(text)
+            or self._hedge_pre.search(text) or self._hedge_post.search(text) or self._findings.search(text)
         )
+
+    def _has_own_assertion(self, text: str) -> bool:
+        """A verb, trigger, degree word or measurement of its own: not the tail of a negated list."""
+        words = set(_WORD.findall(text.lower()))
+        return bool(words & (L.PREDICATE_WORDS | L.DEGREE_WORDS) or _MEASURE.search(text)
+                    or self._pre.search(text) or self._post.search(text)
+                    or self._hedge_pre.search(text) or self._hedge_post.search(text))
 
     def _continues_negated_list(self, left: str, right: str) -> bool:
         # "no nodule, consolidation or emphysema": the negation covers every item of the list, so
         # a right part with no verb or trigger of its own stays in the negated clause (NegEx scope).
         if not self._pre.search(self._pseudo.sub(" ", left)):
             return False
-        has_own = set(_WORD.findall(right.lower())) & L.PREDICATE_WORDS
-        return not (has_own or self._pre.search(right) or self._post.search(right) or self._uncertain.search(right))
+        return not self._has_own_assertion(right)
+
+    def _affirmed(self, text: str) -> str:
+        """The part of a segment no negation covers: before the first pre-negation (outside a
+        post-negation phrase such as "is not seen"), after the last post-negation before it."""
+        posts = list(self._post.finditer(text))
+        pre = next((m for m in self._pre.finditer(text) if not any(  # "not" inside "is not seen"
+            p.start() <= m.start() < p.end() and len(p.group()) >= len(m.group()) for p in posts)), None)
+        end = pre.start() if pre else len(text)
+        start = max((m.end() for m in posts if m.end() <= end), default=0)
+        return text[start:end] if start <= end else ""
+
+    def segment_status(self, segment: str) -> str | None:
+        """"abnormal", "uncertain", "normal" or None for one comma segment (module doc, step 4)."""
+        text = self._negated_hedges.sub("no", segment)
+        stated = bool(self._pseudo.search(text))
+        text = self._confident.sub(" ", self._pseudo.sub(" ", text))
+        if self._hedge_post.search(text):
+            return "uncertain"
+        hedge = self._hedge_pre.search(text)
+        if hedge:
+            return "abnormal" if self._says_something(self._affirmed(text[: hedge.start()])) else "uncertain"
+        affirmed = self._affirmed(text)
+        if self._says_something(affirmed):
+            return "abnormal"
+        return "normal" if (affirmed != text or stated) else None
+
+    def status(self, clause: str, anatomies: list[str] | None = None) -> str | None:
+        """A clause's assertion: the strongest of its comma segments' (abnormal > uncertain >
+        normal > None); the items of a negated list stay negated."""
+        if "aorta" in (anatomies or []) and _max_mm(clause) >= AORTA_MAX_MM:
+            return "abnormal"
+        best, negated = None, False
+        for seg in (s for s in clause.split(",") if s.strip()):
+            if negated and not self._has_own_assertion(seg):
+                st = "normal"
+            else:
+                st = self.segment_status(seg)
+                negated = bool(self._pre.search(self._pseudo.sub(" ", seg)))
+            best = max(best, st, key=_RANK.__getitem__)
+        return best
 
     def polarity(self, clause: str) -> bool | None:
-        """True = abnormal, False = normal statement, None = no assertion (only anatomy names)."""
-        if self._uncertain.search(clause):
-            return True
-        rest = self._pseudo.sub(" ", clause)
-        if self._pre.search(rest) or self._post.search(rest):
-            return False
-        if self._findings.search(clause) or self._content_words(clause):
-            return True
-        return None
+        """True = abnormal or uncertain, False = normal statement, None = no assertion."""
+        st = self.status(clause, self.mentions(clause))
+        return None if st is None else st != "normal"
 
     # -- splitting ---------------------------------------------------------------------------
     def split_clauses(self, sentence: str) -> list[str]:
@@ -134,7 +226,8 @@ class RuleReportParser:
                 right = piece[m.end() : nxt]
                 joiner = m.group().strip(" ,").lower()
                 needs_anatomy = joiner in ("", "and")
-                right_ok = not needs_anatomy or (self.mentions(right) and self._is_statement(right))
+                right_ok = not needs_anatomy or bool(
+                    self.mentions(right) and (self._is_statement(right) or self._says_something(right)))
                 if needs_anatomy and self._continues_negated_list(left, right):
                     right_ok = False
                 if self._is_statement(left) and right_ok:
@@ -145,7 +238,7 @@ class RuleReportParser:
         return [c for c in out if c]
 
     def clauses(self, text: str) -> list[Clause]:
-        """All clauses of a report section with anatomies (inherited/merged) and polarity."""
+        """All clauses of a normalised report section with anatomies (inherited/merged) and status."""
         result: list[Clause] = []
         for sentence in _SENTENCE_SPLIT.split(_STRIP_CHARS.sub("", text or "")):
             prev: list[str] = []
@@ -154,40 +247,53 @@ class RuleReportParser:
                 raw = f"{pending}: {raw}" if pending else raw
                 pending = ""
                 names = self.mentions(raw)
-                pol = self.polarity(raw)
-                if names and pol is None and not self._is_statement(raw):
+                st = self.status(raw, names or prev)
+                if names and st is None and not self._is_statement(raw):
                     pending = raw  # bare subject: merge into the next clause
                     continue
                 inherited = not names
                 names = names or prev
                 if names:
-                    result.append(Clause(raw, list(names), pol, inherited))
+                    result.append(Clause(raw, list(names), st, inherited))
                     prev = names
             if pending:
                 result.append(Clause(pending, self.mentions(pending), None))
         return result
 
     # -- per-anatomy output ------------------------------------------------------------------
-    def __call__(self, findings: str | None, impression: str | None) -> dict[str, tuple[str, int]]:
-        """``{anatomy: (text, abnormal)}`` for every anatomy of the parser, in its order."""
+    def parse(self, findings: str | None, impression: str | None) -> Parsed:
+        """Texts, labels (1 / 0 / -1 unknown) and the anatomies the report speaks about."""
         texts: dict[str, list[str]] = {a: [] for a in self.anatomies}
-        abnormal = dict.fromkeys(self.anatomies, 0)
+        status: dict[str, str | None] = dict.fromkeys(self.anatomies)
+        mentioned: list[str] = []
         for section in (impression, findings):
-            for clause in self.clauses(section or ""):
+            for clause in self.clauses(normalise(section)):
                 for name in clause.anatomies:
                     if name not in texts:
                         continue
-                    if clause.abnormal:
-                        abnormal[name] = 1
+                    if name not in mentioned:
+                        mentioned.append(name)
+                    status[name] = max(status[name], clause.status, key=_RANK.__getitem__)
                     _append(texts[name], clause.text, clause.inherited)
-        out: dict[str, tuple[str, int]] = {}
+        out_texts, labels = {}, {}
         for name in self.anatomies:
-            parts = [_sentence(p) for p in texts[name]]
-            parts = list(dict.fromkeys(parts))  # impression often repeats findings
-            if not abnormal[name]:
+            st = status[name]
+            labels[name] = 1 if st == "abnormal" else UNCERTAINTY_POLICIES[self.uncertainty] if st == "uncertain" else 0
+            parts = list(dict.fromkeys(_sentence(p) for p in texts[name]))  # impression often repeats findings
+            if labels[name] == 0:
                 parts.insert(0, NORMAL_TEMPLATE.format(anatomy=name))
-            out[name] = (" ".join(parts), abnormal[name])
-        return out
+            out_texts[name] = " ".join(parts)
+        return Parsed(out_texts, labels, mentioned)
+
+    def __call__(self, findings: str | None, impression: str | None) -> dict[str, tuple[str, int]]:
+        """``{anatomy: (text, label)}`` for every anatomy of the parser, in its order."""
+        return self.parse(findings, impression).as_dict()
+
+
+def _max_mm(text: str) -> float:
+    """Largest measurement in ``text`` in mm (0 when none): "4.6 cm" -> 46."""
+    vals = [float(v) * (10.0 if u.lower() == "cm" else 1.0) for v, u in _MEASURE.findall(text)]
+    return max(vals, default=0.0)
 
 
 def _append(parts: list[str], text: str, inherited: bool) -> None:
@@ -204,12 +310,19 @@ def _sentence(text: str) -> str:
 
 
 @lru_cache(maxsize=8)
-def _parser(anatomies: tuple[str, ...]) -> RuleReportParser:
-    return RuleReportParser(anatomies)
+def _parser(anatomies: tuple[str, ...], uncertainty: str) -> RuleReportParser:
+    return RuleReportParser(anatomies, uncertainty=uncertainty)
+
+
+def rule_parser(anatomies: list[str] | tuple[str, ...], uncertainty: str = "abnormal") -> RuleReportParser:
+    """The cached rule parser for a grouping and an uncertainty policy."""
+    return _parser(tuple(anatomies), uncertainty)
 
 
 def parse_report(
-    findings: str | None, impression: str | None, anatomies: list[str] | tuple[str, ...]
+    findings: str | None, impression: str | None, anatomies: list[str] | tuple[str, ...],
+    uncertainty: str = "abnormal",
 ) -> dict[str, tuple[str, int]]:
-    """Split a report into ``{anatomy: (text, abnormal 0/1)}`` with the rule parser (cached)."""
-    return _parser(tuple(anatomies))(findings, impression)
+    """Split a report into ``{anatomy: (text, label)}`` with the rule parser (cached); label 1
+    abnormal, 0 normal, -1 unknown (only under the ``unknown`` uncertainty policy)."""
+    return rule_parser(anatomies, uncertainty)(findings, impression)

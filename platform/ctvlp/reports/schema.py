@@ -1,6 +1,7 @@
 """The JSON an LLM report parser must return, validated with pydantic.
 
-``{"<anatomy>": {"abnormal": bool, "text": str}, ...}`` with exactly the requested anatomies.
+``{"<anatomy>": {"abnormal": bool, "uncertain": bool, "text": str}, ...}`` with exactly the requested
+anatomies; ``uncertain`` (only hedged findings) may be left out and then means false.
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from pydantic import BaseModel, ConfigDict, RootModel, StrictBool, field_validat
 
 
 class AnatomyFinding(BaseModel):
-    """One anatomy's verdict: ``abnormal`` (any abnormality) and its report text."""
+    """One anatomy's verdict: ``abnormal`` (a stated abnormality), ``uncertain`` (only hedged ones:
+    "possible", "cannot be excluded") and its report text."""
 
     model_config = ConfigDict(extra="forbid")
     abnormal: StrictBool
+    uncertain: StrictBool = False
     text: str
 
     @field_validator("text")

@@ -65,7 +65,8 @@ def read_nifti(data: PathOrBytes) -> tuple[np.ndarray, np.ndarray, dict[str, Any
 
     Returns:
         ``(array_xyz, affine, info)``: ``[X, Y, Z]`` voxels; ``[4, 4]`` float64 voxel -> RAS mm
-        (nibabel's best affine: sform, else qform); ``info`` with ``zooms``, ``axcodes``,
+        (nibabel's best affine: sform, else qform); ``info`` with ``zooms``, ``raw_pixdim`` (the
+        header's pixdim[1:4] before nibabel replaces zero or negative values), ``axcodes``,
         ``stored_dtype``, ``slope``, ``inter`` and ``format`` ("nifti1"/"nifti2").
 
     Raises:
@@ -88,10 +89,16 @@ def read_nifti(data: PathOrBytes) -> tuple[np.ndarray, np.ndarray, dict[str, Any
         kind = "truncated" if "bytes" in str(exc) or isinstance(exc, EOFError) else "unreadable"
         raise VolumeError(kind, f"cannot decode NIfTI voxels: {exc}") from exc
     slope, inter = img.dataobj.slope, img.dataobj.inter  # nibabel maps unset (0/NaN) to 1/0
+    # nibabel silently turns zero or negative pixdim into 1 or |pixdim| on read: keep the raw values
+    # so that ingest can quarantine such a header (bad_spacing) instead of using a made-up spacing.
+    order = "<" if int.from_bytes(raw[:4], "little") in (348, 540) else ">"
+    offset, dtype = (76, "f4") if fmt == "nifti1" else (104, "f8")
+    raw_pixdim = np.frombuffer(raw, dtype=order + dtype, count=4, offset=offset)[1:4]
     array = ensure_3d(apply_rescale(stored, float(slope), float(inter)))
     info = {
         "format": fmt,
         "zooms": [float(z) for z in img.header.get_zooms()[:3]],
+        "raw_pixdim": [float(z) for z in raw_pixdim],
         "axcodes": "".join(nib.aff2axcodes(img.affine)),
         "stored_dtype": str(stored.dtype),
         "slope": float(slope),
@@ -199,6 +206,9 @@ def read_dicom_series(
     else:
         gap = float(getattr(slices[0], "SliceThickness", 1.0) or 1.0)
     row_spacing, col_spacing = _float_list(slices[0].PixelSpacing, 2, "PixelSpacing")
+    if not (row_spacing > 0 and col_spacing > 0):  # also NaN: the affine would be singular
+        spacing = [float(row_spacing), float(col_spacing)]
+        raise VolumeError("bad_spacing", f"PixelSpacing {spacing} mm: zero or negative")
     volume = _stack_planes(slices)  # [slices, rows, columns]
     array_xyz = volume.transpose(2, 1, 0)  # x = column index (along the row cosine), y = row index
     affine_lps = np.eye(4)

@@ -13,6 +13,9 @@ never with patient identifiers, so it is safe to log. Kinds:
 ``bad_spacing``    voxel spacing outside [0.1, 20] mm, or inconsistent DICOM slice spacing
 ``empty_mask``     no anatomy of the grouping present in the mask
 ``mask_mismatch``  mask shape or affine differs from the image's
+``mask_labels``    mask values outside the TotalSegmentator v2 ``total`` class map
+``too_small``      fewer slices or a smaller field of view than the spec's minimum
+``oblique``        voxel axes tilted from the patient axes beyond the spec's threshold
 =================  ===============================================================
 """
 
@@ -121,3 +124,46 @@ def check_mask_nonempty(grouped_mask: np.ndarray) -> None:
     """Raise VolumeError(empty_mask) when a grouped mask has no anatomy voxel."""
     if not grouped_mask.any():
         raise VolumeError("empty_mask", "no voxel of any anatomy of the grouping")
+
+
+def obliquity_deg(affine: np.ndarray) -> float:
+    """Largest angle (degrees) between a voxel axis of ``affine`` ``[4, 4]`` and its closest
+    world axis: 0 for an axis-aligned volume (flips and permutations included).
+
+    Raises:
+        VolumeError(bad_spacing): a zero or non-finite axis (the direction is undefined).
+    """
+    cols = np.asarray(affine, dtype=np.float64)[:3, :3]
+    norms = np.linalg.norm(cols, axis=0)
+    if not np.isfinite(cols).all() or (norms <= 0).any():
+        raise VolumeError("bad_spacing", f"affine axis lengths {np.round(norms, 4).tolist()} mm: zero or not finite")
+    cosines = np.abs(cols / norms).max(axis=0).clip(max=1.0)
+    return float(np.degrees(np.arccos(cosines)).max())
+
+
+def check_oblique(affine: np.ndarray, max_deg: float) -> float:
+    """The obliquity of ``affine`` (:func:`obliquity_deg`); VolumeError(oblique) above ``max_deg``."""
+    angle = obliquity_deg(affine)
+    if angle > max_deg:
+        raise VolumeError("oblique", f"voxel axes tilted {angle:.1f} deg from the patient axes (max {max_deg} deg)")
+    return angle
+
+
+def check_size(shape_dhw: Sequence[int], spacing_dhw: Sequence[float], min_slices: int,
+               min_extent_mm: Sequence[float]) -> None:
+    """Raise VolumeError(too_small) when D < ``min_slices`` or a field-of-view extent (shape x
+    spacing, (D, H, W) mm) is below ``min_extent_mm``."""
+    extent = np.asarray(shape_dhw, dtype=np.float64) * np.asarray(spacing_dhw, dtype=np.float64)
+    if shape_dhw[0] < min_slices:
+        raise VolumeError("too_small", f"{shape_dhw[0]} slices < {min_slices} (ingest.min_slices)")
+    small = extent < np.asarray(min_extent_mm, dtype=np.float64)
+    if small.any():
+        raise VolumeError("too_small", f"field of view {np.round(extent, 1).tolist()} mm (D, H, W) below "
+                                       f"{list(min_extent_mm)} mm (ingest.min_extent_mm)")
+
+
+def check_mask_labels(mask: np.ndarray, max_id: int) -> None:
+    """Raise VolumeError(mask_labels) when a raw mask holds values outside ``0..max_id``."""
+    lo, hi = int(mask.min()), int(mask.max())
+    if lo < 0 or hi > max_id:
+        raise VolumeError("mask_labels", f"mask values span [{lo}, {hi}], the class map has ids 0..{max_id}")

@@ -49,3 +49,19 @@ def test_decode_sample_types():
     assert np.array_equal(s["image"], img) and s["boxes"].shape == (2, 6)
     assert s["abnormal"].dtype == np.int64 and [len(i) for i in s["input_ids"]] == [3, 2]
     assert s["disease_labels"] == {"X": 1}
+
+
+def test_unknown_labels_are_left_out_of_the_sample():
+    """An anatomy labelled -1 loses its voxels, box and count; the others are untouched."""
+    import numpy as np
+
+    from ctvlp.data.codec import drop_unknown
+
+    mask = np.zeros((4, 4, 4), np.uint8)
+    mask[0], mask[1], mask[2] = 1, 2, 3
+    sample = {"mask": mask, "abnormal": np.array([1, -1, 0]), "boxes": np.zeros((3, 6), np.int32),
+              "voxel_counts": np.array([16, 16, 16])}
+    out = drop_unknown(sample)
+    assert out["label_known"].tolist() == [True, False, True] and out["abnormal"].tolist() == [1, 0, 0]
+    assert (out["mask"] == 2).sum() == 0 and (out["mask"] == 1).sum() == 16 and (out["mask"] == 3).sum() == 16
+    assert out["boxes"][1].tolist() == [-1] * 6 and out["voxel_counts"].tolist() == [16, 0, 16]

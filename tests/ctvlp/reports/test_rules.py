@@ -137,3 +137,81 @@ def test_agreement_with_the_synthetic_labels_csv(tmp_path_factory):
     assert min(agreement.values()) >= 0.95, agreement
     positives = {a: int(df[by_anatomy[a]].max(axis=1).sum()) for a in ANATOMIES}
     assert sum(v > 0 for v in positives.values()) >= 10  # the corpus does exercise abnormal labels
+
+
+# Issue 21: the cases that were silently wrong, (report, {anatomy: label}) on the chest grouping.
+ISSUE21 = [
+    ("Thoracic aorta is calcified, not dilated.", {"aorta": 1}),
+    ("Calcified plaques in the aortic wall, no aneurysm.", {"aorta": 1}),
+    ("The 6 mm nodule in the right upper lobe is not appreciably changed.", {"lung": 1}),
+    ("Cardiomegaly, not significantly changed.", {"heart": 1}),
+    ("Heart size is unchanged.", {"heart": 0}),
+    ("Aortic caliber is stable compared to prior.", {"aorta": 0}),
+    ("Stable cardiomegaly.", {"heart": 1}),
+    ("There is moderate\ncardiomegaly.", {"heart": 1}),
+    ("The thoracic aorta is\nnot dilated.", {"aorta": 0}),
+    ("INDICATION: ? pneumothorax\nFINDINGS: Lungs are clear.", {"lung": 0}),
+    ("HISTORY: aortic aneurysm.\nFINDINGS: Normal heart size.\nIMPRESSION: No acute findings.", {"heart": 0}),
+    ("Normal lungs, normal heart, dilated aorta.", {"lung": 0, "heart": 0, "aorta": 1}),
+    ("Pleural effusion is not seen.", {"lung": 0}),
+    ("Pleural effusion without pneumothorax.", {"lung": 1}),
+    ("No pleural effusion, mild cardiomegaly.", {"lung": 0, "heart": 1}),
+    ("No consolidation, pleural effusion or pneumothorax.", {"lung": 0}),
+    ("Ascending aorta measures 4.8 cm.", {"aorta": 1}),
+    ("Ascending aorta measures 3.4 cm.", {"aorta": 0}),
+    ("Cardiomegally and plueral effusion.", {"heart": 1, "lung": 1}),
+    ("No suspicious pulmonary nodule.", {"lung": 0}),
+    ("Lung mass suspicious for malignancy.", {"lung": 1}),
+    ("Likely atelectasis at the right base.", {"lung": 1}),
+    ("Aortic valve calcification.", {"heart": 1}),
+]
+
+
+@pytest.mark.parametrize("report,expected", ISSUE21)
+def test_issue21_cases(report, expected):
+    out = parse_report(report, None, list(CHEST))
+    for name in CHEST:
+        assert out[name][1] == expected.get(name, 0), (name, out[name])
+
+
+HEDGED = ["Possible small left pleural effusion.", "A small pleural effusion cannot be excluded.",
+          "Findings suspicious for early interstitial lung disease.", "Questionable pleural effusion."]
+
+
+@pytest.mark.parametrize("policy,label", [("abnormal", 1), ("unknown", -1), ("normal", 0)])
+@pytest.mark.parametrize("report", HEDGED)
+def test_uncertainty_policy(report, policy, label):
+    """A hedged finding is labelled by the policy; a stated one stays abnormal under every policy;
+    the template starts a text exactly when its label is 0."""
+    out = parse_report(report, None, list(CHEST), uncertainty=policy)
+    assert out["lung"][1] == label
+    assert out["lung"][0].startswith("lung shows no significant") == (label == 0)
+    assert parse_report("Small left pleural effusion.", None, list(CHEST), uncertainty=policy)["lung"][1] == 1
+    with pytest.raises(ValueError, match="ingest.report_uncertainty"):
+        RuleReportParser(list(CHEST), uncertainty="maybe")
+
+
+def test_mentioned_anatomies_skip_other_sections():
+    parsed = RuleReportParser(list(CHEST)).parse("INDICATION: ? aortic dissection\nFINDINGS: Lungs clear.", None)
+    assert parsed.mentioned == ["lung"]
+    assert RuleReportParser(list(CHEST)).parse("Liver cyst.", None).mentioned == []
+
+
+def test_labelled_sets():
+    """Dev set: abnormal recall and normal specificity >= 0.95 per anatomy. Held-out set: no
+    worse than the figures of its one look (bench/results/report_labels.json, "after"; below the
+    0.95 goal for heart and esophagus, see bench/results/report_labels.md)."""
+    import json
+    from pathlib import Path
+
+    from ctvlp.reports.score import read_labelled, score
+
+    here = Path(__file__).parent / "labelled"
+    parser = RuleReportParser(list(CHEST))
+    for anatomy, s in score(parser, read_labelled(here / "dev.tsv"), list(CHEST)).items():
+        assert s["recall"] >= 0.95 and s["specificity"] >= 0.95, (anatomy, s)
+    stored = Path(__file__).parents[3] / "bench/results/report_labels.json"
+    recorded = json.loads(stored.read_text())["after"]["heldout"]["per_anatomy"]
+    for anatomy, s in score(parser, read_labelled(here / "heldout.tsv"), list(CHEST)).items():
+        for key in ("recall", "specificity"):
+            assert s[key] >= recorded[anatomy][key], (anatomy, key, s[key], recorded[anatomy][key])

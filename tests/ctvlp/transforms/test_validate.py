@@ -42,3 +42,50 @@ def test_checks_pass_on_good_input():
     V.check_spacing((3.0, 0.75, 0.75))
     V.check_mask_matches((4, 4, 4), np.eye(4) + 1e-4, (4, 4, 4), np.eye(4))
     V.check_mask_nonempty(np.ones((1, 1, 1), np.uint8))
+
+
+def _rot_x(deg: float) -> np.ndarray:
+    t = np.radians(deg)
+    r = np.eye(4)
+    r[1:3, 1:3] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+    return r
+
+
+@pytest.mark.parametrize("affine,angle", [
+    (np.diag([0.8, 0.8, 2.5, 1.0]), 0.0),
+    (np.diag([-0.8, 0.8, -2.5, 1.0])[:, [1, 0, 2, 3]], 0.0),  # flips and a permutation: not oblique
+    (_rot_x(3.0) @ np.diag([0.8, 0.8, 2.5, 1.0]), 3.0),
+    (_rot_x(20.0) @ np.diag([0.8, 0.8, 2.5, 1.0]), 20.0),
+])
+def test_obliquity_by_formula(affine, angle):
+    assert V.obliquity_deg(affine) == pytest.approx(angle, abs=1e-6)
+    if angle > 5.0:
+        with pytest.raises(V.VolumeError, match="oblique"):
+            V.check_oblique(affine, 5.0)
+    else:
+        assert V.check_oblique(affine, 5.0) == pytest.approx(angle, abs=1e-6)
+
+
+def test_zero_axis_is_bad_spacing():
+    with pytest.raises(V.VolumeError) as err:
+        V.obliquity_deg(np.diag([0.8, 0.8, 0.0, 1.0]))
+    assert err.value.kind == "bad_spacing"
+
+
+@pytest.mark.parametrize("shape,spacing,ok", [
+    ((16, 200, 200), (10.0, 1.0, 1.0), True),
+    ((2, 512, 512), (5.0, 0.7, 0.7), False),  # 2 slices
+    ((100, 100, 512), (3.0, 1.0, 0.7), False),  # 100 mm high field of view < 150
+])
+def test_check_size(shape, spacing, ok):
+    if ok:
+        V.check_size(shape, spacing, 16, (100.0, 150.0, 150.0))
+    else:
+        with pytest.raises(V.VolumeError, match="too_small"):
+            V.check_size(shape, spacing, 16, (100.0, 150.0, 150.0))
+
+
+def test_check_mask_labels():
+    V.check_mask_labels(np.array([0, 5, 117]), 117)
+    with pytest.raises(V.VolumeError, match="mask_labels"):
+        V.check_mask_labels(np.array([0, 118]), 117)

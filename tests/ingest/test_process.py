@@ -1,0 +1,91 @@
+"""ingest.process in one process (no Ray): every quarantine reason from its planted input, the
+geometry record of written studies, and unreadable reports written with unknown labels.
+
+The same fault corpus goes through Ray Data end to end in tests/ingest/test_pipeline_s3.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from ctvlp.data import decode_sample
+from ingest import manifest as mf
+from ingest.process import process_records
+from ingest.quarantine import REASONS
+from ingest.reports import ReportConfig
+from ingest.storage import Storage
+from tests.ingest.corpus import FAULTS, OBLIQUE_SMALL_DEG, UNREADABLE_REPORTS, tiny_stage
+
+# Reasons decided before decoding, by the pipeline's driver (tests/ingest/test_pipeline_s3.py)
+# or only for unexpected failures: every other reason must have a planted input here.
+NOT_IN_THE_STAGE = {"invalid_split", "duplicate_study_id", "excluded", "processing_error"}
+
+
+@pytest.fixture(scope="module")
+def records(fault_corpus):
+    root, _ = fault_corpus
+    df = mf.build_manifest(Storage(), str(root / "manifest.csv"), "csv")
+    df, _ = mf.split_duplicates(df)
+    df, _ = mf.split_invalid_splits(df)
+    return {r["study_id"]: r for r in df.to_dict("records")}
+
+
+@pytest.fixture(scope="module")
+def outputs(records):
+    return {r["study_id"]: r for r in process_records(list(records.values()), tiny_stage())}
+
+
+def test_every_reason_has_a_planted_input():
+    assert set(FAULTS.values()) | NOT_IN_THE_STAGE == set(REASONS)
+
+
+STAGE_FAULTS = sorted((s, r) for s, r in FAULTS.items() if r not in NOT_IN_THE_STAGE)
+
+
+@pytest.mark.parametrize("study_id,reason", STAGE_FAULTS)
+def test_reason_table(outputs, study_id, reason):
+    row = outputs[study_id]
+    assert (row["status"], row["reason"]) == ("quarantined", reason), row["detail"]
+    assert row["detail"]  # a precise, text-free detail
+
+
+def test_written_studies_record_obliquity(outputs):
+    written = {s: r for s, r in outputs.items() if r["status"] == "ok"}
+    assert set(written) == {f"g{i}" for i in range(6)} | {"g_dicom", "g_oblique"}
+    import json
+
+    angles = {s: json.loads(r["meta"])["oblique_deg"] for s, r in written.items()}
+    assert angles["g_oblique"] == pytest.approx(OBLIQUE_SMALL_DEG, abs=0.01)
+    assert max(a for s, a in angles.items() if s != "g_oblique") < 0.01
+
+
+def test_unreadable_reports_written_unknown_and_left_out(records):
+    """report_unreadable=unknown: the study is written with every label -1 and no text, and
+    decode_sample leaves every anatomy out (no box, no voxels, abnormal 0, label_known False)."""
+    cfg = dataclasses.replace(tiny_stage(), reports=ReportConfig(unreadable="unknown"))
+    recs = [records[s] for s in UNREADABLE_REPORTS] + [records["g0"]]
+    rows = process_records(recs, cfg)
+    assert [r["status"] for r in rows] == ["ok"] * len(recs)
+    for row in rows[:-1]:
+        assert row["abnormal"] == [-1, -1, -1, -1] and row["texts"] == ["", "", "", ""]
+        sample = decode_sample(row)
+        assert not sample["label_known"].any() and not sample["mask"].any()
+        assert (sample["boxes"] == -1).all() and (sample["voxel_counts"] == 0).all()
+        assert (sample["abnormal"] == 0).all()
+    good = decode_sample(rows[-1])
+    assert good["label_known"].all() and good["abnormal"].tolist() == [0, 1, 0, 0]
+
+
+def test_uncertain_anatomy_unknown_under_the_policy(records):
+    """report_uncertainty=unknown: only the hedged anatomy is -1 and left out of the sample."""
+    rec = dict(records["g0"], findings="Possible small left pleural effusion. Mild cardiomegaly.", impression="")
+    cfg = dataclasses.replace(tiny_stage(), reports=ReportConfig(uncertainty="unknown"))
+    row = process_records([rec], cfg)[0]
+    assert row["abnormal"] == [-1, 1, 0, 0]
+    sample = decode_sample(row)
+    assert sample["label_known"].tolist() == [False, True, True, True]
+    assert not (sample["mask"] == 1).any() and (sample["mask"] == 2).any()
+    assert np.array_equal(sample["abnormal"], [0, 1, 0, 0])
