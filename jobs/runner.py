@@ -375,12 +375,14 @@ class _Loop:
             count += 1
         self._train_mode()
         keys = sorted(sums)
-        packed = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64)
         if dist.is_initialized():
             keys_all = [None] * dist.get_world_size()
             dist.all_gather_object(keys_all, keys)  # ranks with no valid batch still agree on keys
             keys = sorted({k for ks in keys_all for k in ks})
-            packed = torch.tensor([sums.get(k, 0.0) for k in keys] + [float(count)], dtype=torch.float64)
+        # on the engine's device: NCCL reduces CUDA tensors only
+        packed = torch.tensor([sums.get(k, 0.0) for k in keys] + [float(count)], dtype=torch.float64,
+                              device=self.engine.device)
+        if dist.is_initialized():
             dist.all_reduce(packed)
         if packed[-1] == 0:
             raise RuntimeError("validation found no batch in the valid split: lower the micro-batch or "
@@ -456,7 +458,7 @@ class _ZeroShotValidation:
         from ctvlp.precision import bf16_autocast
 
         device = self.loop.engine.device
-        on_device = to_device(batch, device, None, self.loop.plan.train.channels_last)
+        on_device = to_device(batch, device, channels_last=self.loop.plan.train.channels_last)
         with bf16_autocast(device, self.bf16):
             out = self.loop.task.image_embeddings(on_device)
         emb = SimpleNamespace(embeds=out["embeds"].float().cpu().numpy(), present=out["valid"].cpu().numpy())

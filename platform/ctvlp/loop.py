@@ -328,16 +328,14 @@ def build_engine(module: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int
 
 
 # ----------------------------------------------------------------------------------- stepping
-def to_device(batch: Mapping[str, Any], device: torch.device, float_dtype: torch.dtype | None = None,
-              channels_last: bool = False) -> dict:
-    """Move tensors to ``device``; cast floating tensors to ``float_dtype`` (bf16 engines); with
-    ``channels_last``, lay 5-D floating tensors (images [B, C, D, H, W]) out as channels_last_3d."""
+def to_device(batch: Mapping[str, Any], device: torch.device, *, channels_last: bool = False) -> dict:
+    """Move tensors to ``device`` (floating ones stay float32: bf16 comes from autocast, see
+    ``ctvlp.precision``); with ``channels_last``, lay 5-D floating tensors (images
+    [B, C, D, H, W]) out as channels_last_3d."""
     out = {}
     for key, value in batch.items():
         if isinstance(value, torch.Tensor):
             value = value.to(device, non_blocking=True)
-            if float_dtype is not None and value.is_floating_point():
-                value = value.to(float_dtype)
             if channels_last and value.ndim == 5 and value.is_floating_point():
                 value = value.contiguous(memory_format=torch.channels_last_3d)
         out[key] = value
@@ -384,7 +382,7 @@ def _forward_backward(engine, task, batch: Mapping[str, Any], channels_last: boo
     missing = [k for k in task.required_keys if k not in batch]
     if missing:
         raise KeyError(f"batch lacks keys {missing} that {type(task).__name__} requires; has {sorted(batch)}")
-    batch = to_device(batch, engine.device, None, channels_last)
+    batch = to_device(batch, engine.device, channels_last=channels_last)
     with bf16_autocast(engine.device, enabled=autocast_enabled(engine)):
         losses, metrics = task.training_step(batch)
     terms = {k: v for k, v in losses.items() if k.endswith("_loss")}
@@ -404,7 +402,7 @@ def validation_step(engine, task, batch: Mapping[str, Any], *, channels_last: bo
     """The task's loss terms on one batch, in eval mode, without gradients (the caller sets the
     mode); ``task.validation_step(batch)`` replaces ``training_step`` where a task defines it.
     Returns floats: every ``*_loss`` term and ``loss`` (their sum)."""
-    batch = to_device(batch, engine.device, None, channels_last)
+    batch = to_device(batch, engine.device, channels_last=channels_last)
     step = getattr(task, "validation_step", None) or task.training_step
     with bf16_autocast(engine.device, enabled=autocast_enabled(engine)):
         losses, _ = step(batch)
