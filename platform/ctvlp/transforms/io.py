@@ -120,6 +120,7 @@ def dicom_series_bytes(
     affine: np.ndarray,
     modality: str = "CT",
     rescale_intercept: float = -1024.0,
+    tags: dict[str, Any] | None = None,
 ) -> list[bytes]:
     """Encode an int16 HU volume as a DICOM series, one Part-10 file per slice (tests, exports).
 
@@ -131,6 +132,7 @@ def dicom_series_bytes(
         affine: ``[4, 4]`` RAS affine without shear; its third column should point along
             ``row_cosine x column_cosine`` so that reading keeps the slice order.
         modality: the Modality tag to write (a non-CT value is useful to test rejection).
+        tags: more tags by keyword, set on every file (tests: SeriesInstanceUID, ImageType, PHI).
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -162,6 +164,8 @@ def dicom_series_bytes(
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()  # [rows, columns]
+        for keyword, value in (tags or {}).items():
+            setattr(ds, keyword, value)
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         out.append(buf.getvalue())
