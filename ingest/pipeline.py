@@ -6,9 +6,11 @@
         |             --data.exclude_volumes--> quarantine/_excluded.parquet
         |             --duplicates--> quarantine/_duplicates.parquet
         | plan: study -> shard group (deterministic), skip committed groups (_done/*.json)
+        v
+    [ingest.segmentation=totalsegmentator: one actor pool for the whole run segments every pending
+     study without a mask (ingest.segment); masks stored under <shards_uri>/_masks/]
         v  per wave of groups:
-    from_pandas -> [map_batches TotalSegmentatorActor, GPU actor pool, only without masks]
-                -> [map_batches LLMReportActor, actor pool, only with ingest.report_parser=llm]
+    from_pandas -> [map_batches LLMReportActor, actor pool, only with ingest.report_parser=llm]
                 -> map_batches process_batch (CPU: read, decode, repair, canonical, crop, resample,
                    window, boxes, report parse, tokenise, compress)
                 -> groupby(shard).map_groups(write one Parquet shard + quarantine part + marker)
@@ -21,6 +23,7 @@ executor (with its progress bars). Only study ids are ever logged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -30,10 +33,12 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from ctvlp.transforms.dicom import DicomRules
 from ingest import manifest as mf
 from ingest import quarantine, shards
 from ingest.process import StageConfig, process_records
 from ingest.reports import ReportConfig
+from ingest.segment import SegmentConfig
 from ingest.storage import Storage, join, storage_from_spec
 
 # Output columns of the CPU stage: the shard columns (nullable for quarantined rows) + bookkeeping.
@@ -54,7 +59,7 @@ class IngestConfig:
     valid_fraction: float = 0.1
     seed: int = 0
     segmentation: str = "supplied"
-    totalseg_fast: bool = False
+    segment: SegmentConfig | None = None  # with segmentation="totalsegmentator" (ingest.totalseg)
     batch_size: int = 4
     num_cpus_per_task: float = 1.0
     max_studies: int = 0
@@ -77,11 +82,13 @@ class IngestConfig:
             text_name_or_path=spec.model.text.name_or_path, max_length=spec.model.text.max_length,
             storage=storage_from_spec(spec), reports=ReportConfig.from_spec(ing),
             min_slices=ing.min_slices, min_extent_mm=tuple(ing.min_extent_mm), max_oblique_deg=ing.max_oblique_deg,
+            dicom=DicomRules.from_spec(ing.dicom),
         )
+        segment = SegmentConfig.from_spec(spec) if ing.segmentation == "totalsegmentator" else None
         return cls(
             source_uri=d.source_uri, shards_uri=d.shards_uri, stage=stage,
             manifest_format=d.manifest_format, valid_fraction=d.valid_fraction, seed=spec.seed,
-            segmentation=ing.segmentation, totalseg_fast=ing.totalseg_fast,
+            segmentation=ing.segmentation, segment=segment,
             batch_size=ing.batch_size, num_cpus_per_task=ing.num_cpus_per_task,
             max_studies=ing.max_studies, shard_target_mb=ing.shard_target_mb,
             # Not (yet) in IngestSpec: read with defaults so that the spec can grow them later.
@@ -123,6 +130,9 @@ def _fingerprint(planned: pd.DataFrame, cfg: IngestConfig) -> dict[str, Any]:
         "codec_level": st.codec_level, "tokenizer": st.text_name_or_path, "max_length": st.max_length,
         "reports": st.reports.fingerprint(), "min_slices": st.min_slices,
         "min_extent_mm": list(st.min_extent_mm), "max_oblique_deg": st.max_oblique_deg,
+        # Only where they apply, so that shards of earlier runs without them still resume.
+        **({"segmentation": cfg.segment.fingerprint()} if cfg.segment else {}),
+        **({"dicom": dataclasses.asdict(st.dicom)} if (planned.image_format == "dicom").any() else {}),
     }
 
 
@@ -208,10 +218,6 @@ def _run_wave(frame: pd.DataFrame, cfg: IngestConfig) -> pd.DataFrame:
 
 
 def _execute_wave(ds, frame: pd.DataFrame, cfg: IngestConfig) -> pd.DataFrame:
-    if cfg.segmentation == "totalsegmentator":
-        from ingest.segment import add_segmentation_stage
-
-        ds = add_segmentation_stage(ds, cfg)
     if cfg.stage.reports.parser == "llm":
         from ingest.reports import add_llm_stage
 
@@ -263,12 +269,16 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[st
     import ray
 
     t0 = time.perf_counter()
-    if cfg.segmentation == "totalsegmentator":
+    if cfg.segment:
         from jobs.preflight import require_segmentation
 
-        require_segmentation(cfg.totalseg_fast)  # before anything is read or written (jobs/preflight.py)
+        require_segmentation(cfg.segment)  # before anything is read or written (jobs/preflight.py)
     plan = prepare(cfg, log)
-    pending = plan["pending"]
+    pending, seg_stats = plan["pending"], {}
+    if cfg.segment and len(pending):
+        from ingest.segment import run_segmentation
+
+        pending, seg_stats = run_segmentation(pending, cfg, log)
     names = sorted(pending.shard.unique())
     per_wave = cfg.groups_per_wave or max(1, 2 * int(ray.cluster_resources().get("CPU", 1)))
     results = []
@@ -288,7 +298,7 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[st
         "num_excluded": plan["num_excluded"], "num_invalid_split": plan["num_invalid_split"],
         "num_skipped": len(plan["planned"]) - len(pending),
         "num_ok_this_run": int((res.status == "ok").sum()) if len(res) else 0,
-        "stage_seconds": _stage_seconds(res), "num_waves": len(waves),
+        "stage_seconds": _stage_seconds(res), "num_waves": len(waves), "segmentation": seg_stats,
     }
     stats["wall_s"] = time.perf_counter() - t0
     index = finalize(cfg, stats["manifest_size"], stats)

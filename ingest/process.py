@@ -30,7 +30,7 @@ from scipy import ndimage
 from ctvlp import anatomy
 from ctvlp.data.codec import encode_volume
 from ctvlp.transforms import array as T
-from ctvlp.transforms import header, io, validate
+from ctvlp.transforms import dicom, header, io, validate
 from ingest.quarantine import QuarantineError, classify
 from ingest.reports import ReportConfig, report_labels
 from ingest.storage import Storage
@@ -51,6 +51,7 @@ class StageConfig:
         min_slices / min_extent_mm: smaller inputs are quarantined as ``too_small``.
         max_oblique_deg: more oblique inputs are quarantined as ``oblique``; the angle of every
             written study is in its ``meta`` and in the index.
+        dicom: series choice, slice-gap and gantry-tilt rules of DICOM inputs (``ingest.dicom``).
     """
 
     grouping: dict[str, list[str]]
@@ -68,6 +69,7 @@ class StageConfig:
     min_slices: int = 16
     min_extent_mm: tuple[float, float, float] = (100.0, 150.0, 150.0)
     max_oblique_deg: float = 5.0
+    dicom: dicom.DicomRules = field(default_factory=dicom.DicomRules)
 
     @property
     def anatomies(self) -> list[str]:
@@ -93,14 +95,16 @@ def tokenize(texts: list[str], cfg: StageConfig) -> list[list[int]]:
     return text.tokenize_texts(_tokenizer(cfg.text_name_or_path), texts, cfg.max_length)
 
 
-def read_image(rec: dict[str, Any], storage: Storage) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Decode the study's image: ``(array_xyz, affine, info)`` (HU after any stored rescale)."""
+def read_image(rec: dict[str, Any], storage: Storage,
+               rules: dicom.DicomRules | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Decode the study's image: ``(array_xyz, affine, info)`` (HU after any stored rescale).
+    A DICOM folder may hold several series: ``rules`` choose one (``ctvlp.transforms.dicom``)."""
     try:
         if rec["image_format"] == "dicom":
             files = storage.list_files(rec["image_uri"])
             if not files:
                 raise QuarantineError("unreadable", "no object under the DICOM series prefix")
-            return io.read_dicom_series([storage.read_bytes(f) for f in files])
+            return dicom.read_dicom_folder([storage.read_bytes(f) for f in files], rules or dicom.DicomRules())
         return io.read_nifti(storage.read_bytes(rec["image_uri"]))
     except (FileNotFoundError, PermissionError) as exc:
         raise QuarantineError("unreadable", f"image object: {type(exc).__name__}") from exc
@@ -123,17 +127,18 @@ def repair(array: np.ndarray, affine: np.ndarray, info: dict, meta: dict, cfg: S
 
 
 def read_mask(rec: dict[str, Any], shape, affines: list[np.ndarray], storage: Storage) -> np.ndarray:
-    """The supplied TotalSegmentator mask ``[X, Y, Z]``, checked to lie on the image grid.
+    """The study's TotalSegmentator mask ``[X, Y, Z]`` (supplied, or written by the segmentation
+    stage), checked to lie on the image grid.
 
     ``affines`` are the acceptable image affines (as stored, and after header repair): masks made
     before or after repairing a CT-RATE header are both on the image grid.
     """
-    segmented = rec.get("_mask_nifti")  # from the TotalSegmentator stage, when it ran
-    if not rec.get("mask_uri") and segmented is None:
+    if rec.get("_seg_error"):  # the TotalSegmentator stage (ingest.segment) failed on this study
+        raise QuarantineError("segmentation_failed", rec["_seg_error"])
+    if not rec.get("mask_uri"):
         raise QuarantineError("missing_mask", "no mask_uri and segmentation is 'supplied'")
     try:
-        raw = segmented if segmented is not None else storage.read_bytes(rec["mask_uri"])
-        mask, mask_affine, _ = io.read_nifti(raw)
+        mask, mask_affine, _ = io.read_nifti(storage.read_bytes(rec["mask_uri"]))
     except (FileNotFoundError, PermissionError) as exc:
         raise QuarantineError("unreadable", f"mask object: {type(exc).__name__}") from exc
     errors = []
@@ -228,14 +233,11 @@ def check_geometry(shape_xyz, affine: np.ndarray, cfg: StageConfig) -> float:
     return angle
 
 
-def process_study(rec: dict[str, Any], cfg: StageConfig, timings: dict[str, float]) -> dict[str, Any]:
-    """One manifest record -> one shard row (docs/DESIGN.md). Raises on bad input.
-
-    ``timings`` accumulates seconds per sub-stage (read, transform, text, encode).
-    """
-    t0 = time.perf_counter()
-    texts, labels = report_texts(rec, cfg)  # first: a missing report costs no decode
-    image, affine, info = read_image(rec, cfg.storage)
+def read_checked(rec: dict[str, Any], cfg: StageConfig):
+    """Decode, repair and check the study's image: ``(array_xyz, affine, repaired affine, info,
+    oblique_deg)``. Raises on bad input (the segmentation actors call it too, so they never spend
+    a network pass on a study that this stage quarantines anyway)."""
+    image, affine, info = read_image(rec, cfg.storage, cfg.dicom)
     validate.check_finite(image)
     meta = json.loads(rec.get("meta") or "{}")
     image, fixed_affine = repair(image, affine, info, meta, cfg)
@@ -244,6 +246,18 @@ def process_study(rec: dict[str, Any], cfg: StageConfig, timings: dict[str, floa
         raise QuarantineError("bad_spacing", f"header pixdim {[round(z, 4) for z in raw_pixdim]} mm: zero or negative")
     oblique_deg = check_geometry(image.shape, fixed_affine, cfg)
     validate.check_ct_range(image)
+    return image, affine, fixed_affine, info, oblique_deg
+
+
+def process_study(rec: dict[str, Any], cfg: StageConfig, timings: dict[str, float]) -> dict[str, Any]:
+    """One manifest record -> one shard row (docs/DESIGN.md). Raises on bad input.
+
+    ``timings`` accumulates seconds per sub-stage (read, transform, text, encode).
+    """
+    t0 = time.perf_counter()
+    texts, labels = report_texts(rec, cfg)  # first: a missing report costs no decode
+    image, affine, fixed_affine, info, oblique_deg = read_checked(rec, cfg)
+    meta = json.loads(rec.get("meta") or "{}")
     mask = read_mask(rec, image.shape, [fixed_affine, affine], cfg.storage)
     t1 = time.perf_counter()
     out = transform(image, fixed_affine, mask, cfg)
@@ -262,6 +276,7 @@ def process_study(rec: dict[str, Any], cfg: StageConfig, timings: dict[str, floa
             "orig_shape": out["orig_shape"], "orig_spacing": [round(s, 4) for s in out["orig_spacing"]],
             "orig_axcodes": info.get("axcodes", ""), "source_format": info.get("format", ""),
             "header_repaired": bool(cfg.repair_headers and meta), "oblique_deg": round(oblique_deg, 2),
+            **({"dicom": info["dicom"]} if "dicom" in info else {}),  # numbers and fixed words only
         }),
     }
     t4 = time.perf_counter()

@@ -37,6 +37,13 @@ REASONS: dict[str, str] = {
     "invalid_split": "the manifest row's split is not train, valid or test (set aside at load)",
     "duplicate_study_id": "the study id appears earlier in the manifest",
     "excluded": "listed in data.exclude_volumes (a known-bad input), set aside before decoding",
+    "dicom_series": "the DICOM folder holds no usable CT image series (only localizers, other "
+                    "modalities or single images), or several under ingest.dicom.series=only",
+    "missing_slices": "a gap between DICOM slice positions larger than ingest.dicom.max_gap_factor "
+                      "times the slice spacing",
+    "gantry_tilt": "DICOM slices sheared by a gantry tilt and ingest.dicom.gantry_tilt=quarantine",
+    "segmentation_failed": "TotalSegmentator failed on the study (ingest.segmentation=totalsegmentator; "
+                           "detail gives the exception type or the limit exceeded)",
     "processing_error": "an unexpected error while processing (exception type in detail)",
 }
 

@@ -223,6 +223,10 @@ def summary_markdown(index: dict[str, Any], stats: dict[str, Any]) -> str:
     lines += ["## Quarantine", "", "| reason | count | meaning |", "|---|---|---|"]
     lines += [f"| {r} | {c} | {quarantine.REASONS.get(r, '')} |"
               for r, c in sorted(index["quarantine_reasons"].items())]
+    if stats.get("segmentation"):
+        from ingest.segment import summary_lines
+
+        lines += [""] + summary_lines(stats["segmentation"])
     lines += ["", "## Throughput (this run)", "", "| stage | seconds (sum over studies) | studies/s per core |",
               "|---|---|---|"]
     for stage, sec in stats.get("stage_seconds", {}).items():

@@ -371,11 +371,60 @@ class StorageSpec(Strict):
     max_attempts: PosInt = 4  # attempts per storage call, a warning per failed one, then an error
 
 
+class TotalSegSpec(Strict):
+    """TotalSegmentator in ingest (``ingest.segmentation: totalsegmentator``): one actor pool,
+    each actor loads the networks once (``ctvlp.segment.TotalSegmentatorSegmenter``)."""
+
+    # total: five nnU-Nets (291-295) at 1.5 mm merged into the 117 class ids; total_fast: one (297) at 3 mm
+    task: Literal["total", "total_fast"] = "total"
+    # Classes to keep: all (117), grouping (the classes data.grouping needs: only the parts holding
+    # them run, after TotalSegmentator's 6 mm crop model, task 298), or a list of class names.
+    roi_subset: Literal["all", "grouping"] | list[str] = "all"
+    num_actors: NonNegInt = 0  # segmentation actors; 0 = one per GPU of the cluster (one without GPUs)
+    # Where the actors run: auto = GPU actors when the cluster has GPUs, else CPU actors; cpu / gpu force it.
+    device: Literal["auto", "gpu", "cpu"] = "auto"
+    gpus_per_actor: Annotated[float, Field(gt=0, le=1)] = 1.0  # GPU share of a GPU actor (0.5: two per GPU)
+    cpus_per_actor: PosFloat = 1.0  # CPUs of an actor (decode, TotalSegmentator's resampling; CPU inference)
+    batch_size: PosInt = 1  # studies per actor call
+    # Folder holding Dataset291_* ...; null = TotalSegmentator's ($TOTALSEG_WEIGHTS_PATH, else
+    # $TOTALSEG_HOME_DIR/nnunet/results, else ~/.totalsegmentator/nnunet/results) on every node.
+    weights_path: str | None = None
+    # Refuse a volume with more voxels than this at the task's spacing (quarantined as
+    # segmentation_failed) instead of running out of device memory; 0 = no limit.
+    max_voxels: NonNegInt = 0
+
+    @field_validator("roi_subset")
+    @classmethod
+    def _known_classes(cls, v):
+        if isinstance(v, list):
+            known = set(_anatomy.ts_total_ids())
+            bad = sorted(set(v) - known)
+            if bad or not v:
+                raise ValueError(f"roi_subset names {bad or '[]'} are not TotalSegmentator 'total' classes")
+        return v
+
+
+class DicomSpec(Strict):
+    """DICOM series as hospitals store them (``ctvlp.transforms.dicom``)."""
+
+    # Which CT series of a folder becomes the volume (localizers, non-CT objects and single images
+    # are dropped first): thinnest (smallest slice spacing, then most slices), most_slices, or
+    # only (several candidate series -> quarantined as dicom_series).
+    series: Literal["thinnest", "most_slices", "only"] = "thinnest"
+    # A slice gap up to this many times the usual spacing (missing slices, or spacing that changes
+    # along the scan) is filled by linear interpolation onto a uniform grid; larger -> missing_slices.
+    max_gap_factor: Annotated[float, Field(ge=1)] = 2.0
+    # Gantry tilt (slice positions sheared against the slice normal): resample onto an orthogonal
+    # grid (as dcm2niix does), or quarantine as gantry_tilt.
+    gantry_tilt: Literal["resample", "quarantine"] = "resample"
+
+
 class IngestSpec(Strict):
     """The Ray Data ingest job."""
 
     segmentation: Literal["supplied", "totalsegmentator"] = "supplied"
-    totalseg_fast: bool = False  # TotalSegmentator's 3 mm `fast` model
+    totalseg: TotalSegSpec = TotalSegSpec()  # used with segmentation: totalsegmentator
+    dicom: DicomSpec = DicomSpec()  # DICOM inputs: series choice, slice gaps, gantry tilt
     report_parser: Literal["rules", "llm"] = "rules"
     llm_path: str | None = None  # a transformers causal LM dir (e.g. Qwen2.5-7B-Instruct)
     repair_headers: bool = True  # CT-RATE: rebuild geometry from the metadata CSV
