@@ -28,19 +28,52 @@ ANATOMY_TERMS: dict[str, tuple[str, ...]] = {
         "bronchiolar", "parenchyma", "parenchymal", "emphysema", "emphysematous", "atelectasis",
         "atelectatic", "consolidation", "consolidations", "pneumothorax", "pneumonia",
         "ground-glass", "ground glass", "lung nodule", "pulmonary nodule", "mosaic attenuation",
-        "lingula", "lingular", "hemithorax", "pneumonectomy", "lobectomy",
+        "lingula", "lingular", "hemithorax", "hemithoraces", "pneumonectomy", "lobectomy",
+        # parts and places named without "lung": lobes (RUL..LLL), bases, fissures, the periphery
+        "rul", "rml", "rll", "lul", "lll", "airspace", "air space", "bibasilar", "bibasal",
+        "biapical", "subpleural", "perihilar", "fissure", "fissures", "fissural", "perifissural",
+        "centrilobular", "paraseptal", "pleuroparenchymal", "small airways", "small airway",
+        # findings that name the lung (US abbreviations: GGO, PTX, COPD, ILD)
+        "ggo", "ggos", "ptx", "pneumothoraces", "hydropneumothorax", "hemothorax", "haemothorax",
+        "empyema", "copd", "ild", "honeycombing", "bronchiolitis", "bronchitis", "bronchiolectasis",
+        "bronchiectatic", "tree-in-bud", "air trapping", "pneumonitis", "bulla", "bullae", "bullous",
+        "bilateral effusions", "bilateral effusion", "left effusion", "right effusion",
+        # post-operative lung
+        "wedge resection", "segmentectomy", "cardiopulmonary",
     ),
     "heart": (
         "heart", "cardiac", "cardiomegaly", "pericardial", "pericardium", "coronary", "myocardial",
-        "myocardium", "atrium", "atrial", "ventricle", "ventricular", "cardiothoracic",
+        "myocardium", "atrium", "atrial", "ventricle", "ventricular", "interventricular", "interatrial",
+        "cardiothoracic ratio", "cardiothoracic index", "ctr", "lv", "rv", "lvh",
         "aortic valve", "mitral", "mitral valve", "tricuspid", "tricuspid valve", "pulmonic valve",
-        "cardiac valve", "valvular",
+        "pulmonary valve", "cardiac valve", "valvular", "epicardial", "cardiomyopathy", "pericarditis",
+        "hemopericardium", "haemopericardium", "pneumopericardium",
+        # coronary arteries by name, coronary disease
+        "lad", "rca", "lcx", "circumflex", "left anterior descending", "cad",
+        # post-operative heart: bypass grafts and valve replacements (US abbreviations)
+        "cabg", "coronary artery bypass", "coronary bypass", "avr", "tavr", "tavi", "mvr",
+        "valve replacement", "valve prosthesis", "prosthetic valve", "bentall",
+        # both heart and lung ("no acute cardiopulmonary process")
+        "cardiopulmonary",
     ),
     "esophagus": (
         "esophagus", "esophageal", "oesophagus", "oesophageal", "hiatal hernia", "hiatus hernia",
-        "hiatal", "esophagectomy", "oesophagectomy",
+        "hiatal", "esophagectomy", "oesophagectomy", "esophagitis", "oesophagitis", "achalasia",
+        "esoph", "paraesophageal hernia", "paraoesophageal hernia", "zenker", "zenkers",
+        "gastroesophageal junction", "gastro-oesophageal junction", "esophagogastric junction",
+        "oesophagogastric junction", "oesophago-gastric junction", "ge junction", "gej", "egj",
+        # post-operative esophagus: resection, the gastric conduit, anti-reflux surgery
+        "esophagogastrectomy", "oesophagogastrectomy", "ivor lewis", "gastric pull-through",
+        "gastric pull-up", "gastric conduit", "fundoplication",
     ),
-    "aorta": ("aorta", "aortic", "aortas", "arterial wall calcification", "arterial wall calcifications"),
+    "aorta": (
+        "aorta", "aortic", "aortas", "aort", "ao", "arterial wall calcification",
+        "arterial wall calcifications", "aaa", "taa", "coarctation", "intramural hematoma",
+        "intramural haematoma", "penetrating atherosclerotic ulcer", "intimal flap", "dissection flap",
+        "type a dissection", "type b dissection",
+        # post-operative aorta: endovascular and open repair
+        "tevar", "evar", "endograft", "stent graft", "stent-graft", "bentall",
+    ),
     "liver": (
         "liver", "hepatic", "hepatomegaly", "hepatosteatosis", "steatosis", "hepatocellular",
         "intrahepatic", "fatty liver",
@@ -75,6 +108,12 @@ BLOCKERS: tuple[str, ...] = (
     "portal venous phase", "portal phase", "pulmonary artery", "pulmonary arteries",
     "pulmonary trunk", "pulmonary vein", "pulmonary veins", "pulmonary embolism",
     "sacroiliac", "renal artery", "renal arteries", "gastroesophageal reflux",
+    "pulmonary hypertension", "pulmonary arterial hypertension", "pulmonary artery hypertension",
+    "pulmonary embolus", "pulmonary emboli", "pulmonary vasculature", "pulmonary vascular",
+    "pulmonary venous", "pulmonary outflow", "pulmonary angiogram", "pulmonary angiography",
+    # lobes of other organs
+    "thyroid lobe", "thyroid lobes", "lobe of the thyroid", "lobes of the thyroid", "caudate lobe",
+    "hepatic lobe", "lobe of the liver",
     # CT-RATE's "When examined in the lung parenchyma window; ..." names a display setting.
     "lung parenchyma window", "parenchyma window", "parenchymal window", "lung window",
 )
@@ -89,13 +128,28 @@ FINDING_TERMS: frozenset[str] = frozenset({
     "cholecystectomy", "splenomegaly", "pancreatitis", "nephrolithiasis", "hydronephrosis",
     "cystitis", "diverticulosis", "diverticulitis", "colitis", "gastritis", "pneumonectomy",
     "lobectomy", "esophagectomy", "oesophagectomy",
+    "ggo", "ggos", "ptx", "pneumothoraces", "hydropneumothorax", "hemothorax", "haemothorax", "empyema",
+    "copd", "ild", "honeycombing", "bronchiolitis", "bronchitis", "bronchiolectasis", "bronchiectatic",
+    "tree-in-bud", "air trapping", "pneumonitis", "bulla", "bullae", "bullous", "bilateral effusions",
+    "bilateral effusion", "left effusion", "right effusion", "wedge resection", "segmentectomy",
+    "lvh", "cardiomyopathy", "pericarditis", "hemopericardium", "haemopericardium", "pneumopericardium",
+    "cad", "cabg", "coronary artery bypass", "coronary bypass", "avr", "tavr", "tavi", "mvr",
+    "valve replacement", "valve prosthesis", "prosthetic valve", "bentall",
+    "esophagitis", "oesophagitis", "achalasia", "paraesophageal hernia", "paraoesophageal hernia",
+    "zenker", "zenkers", "esophagogastrectomy", "oesophagogastrectomy", "ivor lewis",
+    "gastric pull-through", "gastric pull-up", "gastric conduit", "fundoplication",
+    "aaa", "taa", "coarctation", "intramural hematoma", "intramural haematoma",
+    "penetrating atherosclerotic ulcer", "intimal flap", "dissection flap", "type a dissection",
+    "type b dissection", "tevar", "evar", "endograft", "stent graft", "stent-graft",
 })
 
 PRE_NEGATIONS: tuple[str, ...] = (
     "no evidence of", "no evidence for", "no signs of", "no sign of", "negative for",
     "no suspicious", "no significant", "no definite", "no", "not", "without", "free of",
     "absence of", "absent", "denies", "neither", "nor", "rather than",
-    "resolution of", "ruled out",
+    "resolution of", "ruled out", "clear of", "free from", "devoid of", "lack of", "none of",
+    # a physiologic amount is no finding ("physiologic pericardial fluid")
+    "physiologic", "physiological",
 )
 
 POST_NEGATIONS: tuple[str, ...] = (
@@ -106,7 +160,12 @@ POST_NEGATIONS: tuple[str, ...] = (
     "are clear", "clear", "intact", "preserved", "patent", "open", "of normal size",
     "no significant abnormalities", "no abnormality", "no abnormalities", "negative",
     "resolved", "has resolved", "have resolved", "no longer seen", "no longer visualized",
-    "no longer visible", "no longer present", "no longer identified",
+    "no longer visible", "no longer present", "no longer identified", "no longer",
+    "not evident", "not appreciated", "not demonstrated", "not visualised", "not apparent",
+    "none", "nil", "cleared", "has cleared", "have cleared", "is excluded", "was excluded",
+    "are excluded", "were excluded", "within physiologic limits", "within physiological limits",
+    "physiologic in amount", "is physiologic", "upper limit of normal", "upper limits of normal",
+    "upper normal limit", "high normal",
 )
 
 # Hedges over what follows them ("possible X", "X may represent Y": X is stated, Y hedged).
@@ -114,20 +173,29 @@ HEDGES_PRE: tuple[str, ...] = (
     "may represent", "may be", "could represent", "could be", "might be", "suspicious for",
     "suspicion of", "suspicion for", "concerning for", "suggestive of", "suggesting", "possible",
     "possibly", "questionable", "equivocal", "versus", "differential diagnosis", "differential",
-    "cannot exclude", "can not exclude", "rule out",
+    "cannot exclude", "can not exclude", "cant exclude", "cannot rule out", "can not rule out",
+    "cannot entirely exclude", "cannot completely exclude", "cannot definitely exclude",
+    "not possible to exclude", "impossible to exclude", "difficult to exclude", "rule out",
+    "worrisome for", "concern for", "question of", "query", "suspected", "possibility of",
+    "potentially", "perhaps",
 )
 
 # Hedges over what precedes them ("a small effusion cannot be excluded").
-HEDGES_POST: tuple[str, ...] = (
-    "cannot be excluded", "can not be excluded", "cannot be ruled out", "can not be ruled out",
-    "could not be excluded", "not excluded", "not ruled out", "not be excluded",
+HEDGES_POST: tuple[str, ...] = tuple(
+    f"{neg} {adverb}{verb}".replace("  ", " ")
+    for neg in ("cannot be", "can not be", "cant be", "could not be", "not be", "not")
+    for adverb in ("", "entirely ", "completely ", "totally ", "definitely ", "confidently ", "fully ",
+                   "reliably ", "definitively ")
+    for verb in ("excluded", "ruled out")
 )
 
 # Qualifiers that state the finding (LABELS.md: "likely X" counts as present); removed before
 # hedges are looked for, so "likely atelectasis" is a finding and "likely normal" is normal.
 CONFIDENT: tuple[str, ...] = (
     "most likely", "likely", "probable", "probably", "consistent with", "compatible with",
-    "in keeping with", "highly suspicious for", "very suspicious for",
+    "in keeping with", "highly suspicious for", "very suspicious for", "presumed", "presumably",
+    "favored", "favoured", "favor", "favour", "characteristic of", "diagnostic of", "typical of",
+    "indicative of", "in line with",
 )
 
 # "No suspicious nodule" is a negation, not a hedge: these become "no" before hedges are found.
@@ -162,7 +230,7 @@ STABILITY: tuple[str, ...] = (
     "unchanged", "stable", "stability", "again seen", "again noted", "again demonstrated",
     "redemonstrated", "redemonstration of", "similar", "compared to", "compared with",
     "in comparison with", "since", "prior", "previous", "previously", "examination", "exam",
-    "study", "studies",
+    "study", "studies", "persistent", "persists", "persisting", "status quo", "as before",
 )
 
 # Words that carry no finding: a clause made only of these plus anatomy terms is a bare subject.
@@ -170,7 +238,8 @@ FILLER_WORDS: frozenset[str] = frozenset({
     "the", "a", "an", "both", "left", "right", "bilateral", "bilaterally", "and", "or", "of",
     "in", "on", "at", "main", "upper", "lower", "middle", "visualized", "imaged", "partially",
     "included", "sections", "structures", "its", "their", "also", "as", "well", "to", "be",
-    "is", "are", "was", "were", "with",
+    "is", "are", "was", "were", "with", "which", "it", "all", "each", "some", "they", "them",
+    "being", "been", "who", "whose",
 })
 
 # Words that describe without asserting a finding: measured properties, locations, devices and
@@ -192,6 +261,14 @@ NEUTRAL_WORDS: frozenset[str] = frozenset({
     "valve", "valves", "space", "spaces", "ratio", "structure", "does", "do", "by", "suspicious",
     "suggestive", "current", "now", "again", "still", "place", "in-place", "described",
     "mentioned", "reported", "interval", "compared", "lumen",
+    # measured properties and where or how a structure was looked at ("in the lung window")
+    "thickness", "wall", "walls", "calibration", "index", "transverse", "measurement",
+    "measurements", "calculated", "level", "third", "portion", "part", "region", "area",
+    "when", "examined", "evaluated", "evaluation", "assessed", "assessment", "window", "windows",
+    "axial", "image", "images", "dated", "date", "status", "post", "history", "known", "patient",
+    "smooth", "regular", "midline", "decompressed", "performed", "because", "due", "contrast",
+    "january", "february", "march", "april", "may", "june", "july", "august", "september",
+    "october", "november", "december",
 })
 
 # Degree and number words: a list item carrying one states its own finding ("no effusion,
@@ -206,12 +283,16 @@ DEGREE_WORDS: frozenset[str] = frozenset({
 # describe the scan, the other sections are dropped before parsing.
 REPORT_SECTIONS: tuple[str, ...] = (
     "findings", "finding", "impression", "impressions", "conclusion", "conclusions", "opinion",
+    "final impression", "addendum", "summary", "interpretation", "diagnosis", "result", "results",
 )
 OTHER_SECTIONS: tuple[str, ...] = (
     "indication", "indications", "clinical indication", "history", "clinical history",
     "clinical information", "clinical details", "clinical data", "reason for exam",
     "reason for examination", "reason for study", "technique", "comparison", "comparisons",
-    "procedure", "examination", "protocol",
+    "procedure", "examination", "protocol", "exam", "hx", "clinical", "clinical question",
+    "clinical notes", "indication for exam", "indication for study", "reason", "request",
+    "prior", "priors", "prior studies", "contrast", "dose", "radiation dose", "recommendation",
+    "recommendations", "technique and comparison",
 )
 
 # Predicates: a clause containing one of these states something (so a following split is safe).
@@ -219,6 +300,67 @@ PREDICATE_WORDS: frozenset[str] = frozenset({
     "is", "are", "was", "were", "shows", "show", "showed", "demonstrates", "demonstrated",
     "measures", "measuring", "measured", "contains", "seen", "noted", "observed", "present",
     "appears", "appear", "has", "have", "identified", "detected", "revealed", "enlarged",
+    "found", "visualized", "evident",
+})
+
+
+# Abbreviations of terse reports, expanded before parsing (ctvlp.reports.normalise): regex
+# (case-insensitive, whole words) -> replacement. "?PE" and "? pneumothorax" are questions: hedges.
+ABBREVIATIONS: tuple[tuple[str, str], ...] = (
+    (r"\bs/p\b|\bstatus-post\b", "status post"), (r"\bc/w\b", "consistent with"),
+    (r"\br/o\b", "rule out"), (r"\bw/o\b", "without"), (r"\bw/(?=\s|\w)", "with "),
+    (r"\bh/o\b", "history of"), (r"\bf/u\b", "follow-up"), (r"\bb/l\b|\bbilat\b", "bilateral"),
+    (r"\bwnl\b", "within normal limits"), (r"\bnl\b", "normal"), (r"\bneg\b", "negative"),
+    (r"\bvs\b\.?", "versus"), (r"\bapprox\b\.?", "approximately"), (r"\be\.g\.|\bi\.e\.", ""),
+    (r"\basc\b\.?", "ascending"), (r"\bdesc\b\.?", "descending"), (r"\bcan't\b", "cannot"),
+    (r"(?<![\w?])\?(?=\s*[a-z])", "possible "),
+)
+
+# Double negations read as what they state ("not without emphysema" = with emphysema).
+DOUBLE_NEGATIONS: tuple[tuple[str, str], ...] = (
+    (r"\bnot without\b", "with"), (r"\bnot free (?:of|from)\b", "with"), (r"\bnot absent\b", "present"),
+    (r"\bnot (?:entirely |completely |totally |quite )?(?:unremarkable|normal|clear)\b", "abnormal"),
+    (r"\bnot unlikely\b", "possible"),
+    # a coronary calcium (Agatston) score of zero is no calcification; any other score is some
+    (r"\b(?:coronary (?:artery )?)?(?:calcium|agatston)(?: calcium)? score(?: of| is| was|:|=)?\s*0\b(?![.,]\d)",
+     "no coronary calcification"),
+)
+
+# Adjectives whose "non-"/"non" form denies a finding ("non-dilated aorta" = "not dilated aorta");
+# other "non-" words keep their meaning as one word ("noncalcified nodule" is a nodule).
+NEGATABLE_ADJECTIVES: tuple[str, ...] = (
+    "dilated", "enlarged", "aneurysmal", "distended", "thickened", "obstructed", "obstructing",
+)
+
+# A term that means the lung only when the clause names no other lobed organ ("thyroid nodule in
+# the right lobe"): term -> words that claim it for something else.
+CLAIMED_BY_CONTEXT: dict[str, tuple[str, ...]] = {
+    t: ("thyroid", "liver", "hepatic", "caudate", "goiter", "goitre", "thyroidal")
+    for t in ("lobe", "lobes", "lobar")
+}
+
+# Structures outside every anatomy of a grouping (LABELS.md: lymph nodes, devices, bones,
+# thyroid, trachea, other vessels): a sentence that names one does not inherit a sub-section's
+# anatomy ("HEART: Normal size. Pacemaker leads in place." says nothing more of the heart).
+OTHER_STRUCTURES: tuple[str, ...] = (
+    "lymph", "node", "nodes", "lymphadenopathy", "adenopathy", "thyroid", "goiter", "trachea",
+    "tracheal", "bone", "bones", "osseous", "rib", "ribs", "vertebra", "vertebrae", "vertebral",
+    "spine", "spinal", "sternum", "sternal", "sternotomy", "clavicle", "scapula", "shoulder",
+    "soft tissue", "soft tissues", "chest wall", "breast", "breasts", "axilla", "axillary", "hila",
+    "hilar", "hilum", "catheter", "tube", "pacemaker", "port", "device", "wires", "leads",
+    "vena cava", "svc", "ivc", "azygos", "brachiocephalic", "subclavian", "carotid", "jugular",
+    "diaphragm", "abdomen", "mediastinum", "mediastinal",
+)
+
+# Copulas and verbs of a closing verdict ("heart contour, size are normal").
+COPULAS: frozenset[str] = frozenset({
+    "is", "are", "was", "were", "appear", "appears", "appeared", "seem", "seems", "remain", "remains",
+})
+
+# Predicates of existence: "no mass, nodule or infiltration was detected" still lists negated items.
+EXISTENCE_WORDS: frozenset[str] = frozenset({
+    "is", "are", "was", "were", "seen", "noted", "observed", "identified", "detected", "present",
+    "demonstrated", "found", "visualized", "evident", "there",
 })
 
 

@@ -1,11 +1,19 @@
-"""Report text before the rule parser sees it: sections, line wraps, typos.
+"""Report text before the rule parser sees it: sections, line wraps, abbreviations, typos.
 
 - :func:`report_sections`: a report pasted whole ("INDICATION: ? pneumothorax\\nFINDINGS: ...")
-  keeps only its findings and impression (plus any text before the first header); indication,
-  history, technique and comparison lines mention anatomies that the scan need not show.
+  keeps only its findings and impression (plus any text before the first header, except an
+  all-capitals title line such as "CT ANGIOGRAPHY CHEST FOR DISSECTION"); indication, history,
+  technique and comparison lines mention anatomies that the scan need not show. A header starts a
+  line ("IMPRESSION:", "Indication/History:") or, followed by a colon, a sentence
+  ("... no effusion. IMPRESSION: ...").
 - :func:`join_line_wraps`: a line break inside a sentence ("There is moderate\\ncardiomegaly.")
   is a space; a break after ``.!?:``, before a header, a bullet or a capitalised line after a
-  content word stays a break.
+  content word stays a break. A short label line ("AORTA:") is joined to the line it labels.
+- :func:`expand_abbreviations`: terse reports' shorthand (``lexicon.ABBREVIATIONS``: "s/p" ->
+  "status post", "c/w", "r/o", "w/o", "WNL", "nl", "vs.", "?PE" -> "possible PE"), double
+  negations (``lexicon.DOUBLE_NEGATIONS``: "not without" -> "with"), "non-dilated" -> "not
+  dilated" (``lexicon.NEGATABLE_ADJECTIVES``) and hyphenated prefixes ("post-esophagectomy",
+  "normal-caliber") split into words.
 - :func:`correct_typos`: a word of five letters or more that is one edit (insertion, deletion,
   substitution or transposition) from exactly one lexicon word, and is no lexicon word itself,
   is replaced by it ("cardiomegally", "plueral", "cleer"). The lexicon words are its single-word
@@ -19,11 +27,14 @@ from functools import lru_cache
 
 from ctvlp.reports import lexicon as L
 
-_HEADER = re.compile(
-    r"^[ \t]*(?P<name>" + "|".join(re.escape(n) for n in sorted(L.REPORT_SECTIONS + L.OTHER_SECTIONS,
-                                                                  key=len, reverse=True))
-    + r")[ \t]*(?::|$)", re.I | re.M,
-)
+_NAMES = "|".join(re.escape(n) for n in sorted(L.REPORT_SECTIONS + L.OTHER_SECTIONS, key=len, reverse=True))
+# "INDICATION:", "Clinical history / indication:", a header alone on its line ("IMPRESSION").
+_NAME_LIST = rf"(?:{_NAMES})(?:[ \t]*(?:/|&|\band\b)[ \t]*(?:{_NAMES}))*"
+_HEADER = re.compile(rf"^[ \t]*(?P<name>{_NAME_LIST})[ \t]*(?::|$)", re.I | re.M)
+# Inside a line a header needs a colon and the end of a sentence before it.
+_INLINE_HEADER = re.compile(rf"(?<=[.!?])[ \t]+(?P<name>{_NAME_LIST})[ \t]*:", re.I)
+_TITLE = re.compile(r"^[^a-z.]*[A-Z][^a-z.]*$")  # a line in capitals without a full stop
+_LABEL_LINE = re.compile(r"^[A-Za-z][\w /&,-]{0,40}:$")  # "AORTA:", "Lungs/pleura:"
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s")
 # A line ending in one of these words continues on the next line whatever its case.
 _CONTINUES = frozenset({
@@ -36,15 +47,22 @@ _WORD = re.compile(r"[A-Za-z][A-Za-z-]*")
 
 def report_sections(text: str) -> str:
     """The findings and impression parts of ``text`` (all of it when it has no known header)."""
-    heads = list(_HEADER.finditer(text))
+    heads = sorted(list(_HEADER.finditer(text)) + list(_INLINE_HEADER.finditer(text)), key=lambda m: m.start())
     if not heads:
         return text
-    keep = [text[: heads[0].start()]]
+    preamble = [ln for ln in text[: heads[0].start()].splitlines() if not _TITLE.match(ln.strip())]
+    keep = ["\n".join(preamble)]
     for i, m in enumerate(heads):
         end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
-        if m.group("name").lower() in L.REPORT_SECTIONS:
+        if _is_report_section(m.group("name")):
             keep.append(text[m.end() : end])
     return "\n".join(k.strip() for k in keep if k.strip())
+
+
+def _is_report_section(name: str) -> bool:
+    """A findings or impression header ("Findings/Impression" counts; "History/Indication" not)."""
+    parts = re.split(r"\s*(?:/|&|\band\b)\s*", name.strip().lower())
+    return any(p in L.REPORT_SECTIONS for p in parts)
 
 
 def join_line_wraps(text: str) -> str:
@@ -63,6 +81,8 @@ def join_line_wraps(text: str) -> str:
 
 
 def _wrapped(prev: str, line: str) -> bool:
+    if _LABEL_LINE.match(prev) and not _HEADER.match(prev) and not _HEADER.match(line):
+        return True  # "AORTA:" on its own line labels the next one
     if prev[-1] in ".!?:;" or _HEADER.match(line) or _BULLET.match(line):
         return False
     last = prev.split()[-1].lower().strip(",")
@@ -105,6 +125,18 @@ def correct_typos(text: str) -> str:
     return _WORD.sub(fix, text)
 
 
+_ABBREVIATIONS = [(re.compile(p, re.I), r) for p, r in L.ABBREVIATIONS + L.DOUBLE_NEGATIONS]
+_NON = re.compile(r"\bnon-?(" + "|".join(L.NEGATABLE_ADJECTIVES) + r")\b", re.I)
+_PREFIX = re.compile(r"\b(post|normal|well|status)-(?=[a-z])", re.I)
+
+
+def expand_abbreviations(text: str) -> str:
+    """``text`` with shorthand, double negations and negating prefixes spelt out (module doc)."""
+    for pattern, repl in _ABBREVIATIONS:
+        text = pattern.sub(repl, text)
+    return _PREFIX.sub(r"\1 ", _NON.sub(r"not \1", text))
+
+
 def normalise(text: str | None) -> str:
-    """Sections, then line wraps, then typos: the text the rule parser splits into sentences."""
-    return correct_typos(join_line_wraps(report_sections(text or "")))
+    """Sections, line wraps, abbreviations, then typos: the text the rule parser splits into sentences."""
+    return correct_typos(expand_abbreviations(join_line_wraps(report_sections(text or ""))))

@@ -3,17 +3,23 @@
 Pipeline, per report section (impression first, then findings, as fVLM concatenates them):
 
 0. normalise (:mod:`ctvlp.reports.normalise`): keep the findings and impression of a report
-   pasted whole with its headers, join line wraps inside sentences, correct one-edit typos;
-1. sentences: split on ``.!?`` followed by whitespace, and on newlines ("3.5 cm" stays whole);
+   pasted whole with its headers, join line wraps inside sentences, spell out abbreviations and
+   double negations ("s/p" -> "status post", "not without" -> "with"), correct one-edit typos;
+1. sentences: split on ``.!?`` followed by whitespace, and on newlines ("3.5 cm" stays whole). A
+   line labelled with an anatomy ("AORTA: Normal caliber. Scattered calcified plaque.") lends its
+   label to its later sentences, and to unlabelled lines after it, that name no anatomy and no
+   other structure (``lexicon.OTHER_STRUCTURES``);
 2. clauses: hard split on ``; :`` and contrast words (but, however, whereas, although, except);
    soft split on commas, "and", "with", "without" only where the left part is already a
    statement (it has a predicate, a trigger or a finding word) and, for commas and "and", the
    right part is about an anatomy and says something of it. "The liver is enlarged and the
    spleen is normal" and "Normal lungs, dilated aorta" split; "The liver and spleen are normal"
    and "normal in size, contour, and attenuation" do not;
-3. anatomies per clause from the lexicon (blockers masked, longest phrase first); a clause that
-   names none inherits the previous clause's anatomies ("..., with a 2 cm cyst"); a bare subject
-   ("Liver:") is merged into the clause that follows it;
+3. anatomies per clause from the lexicon (blockers masked, longest phrase first; a phrase may name
+   several anatomies, "cardiopulmonary"; "lobe" is no lung in a clause about the thyroid or liver,
+   ``lexicon.CLAIMED_BY_CONTEXT``); a clause that names none inherits the previous clause's
+   anatomies ("..., with a 2 cm cyst"); a bare subject ("Liver:") is merged into the clause that
+   follows it;
 4. assertion per comma segment of a clause (NegEx-style, :func:`RuleReportParser.segment_status`):
    stability and pseudo-negation phrases are removed ("not appreciably changed", "unchanged");
    a pre-negation negates the rest of its segment, a post-negation the segment before it; a
@@ -22,7 +28,12 @@ Pipeline, per report section (impression first, then findings, as fVLM concatena
    ("possible", "cannot be excluded") with no finding stated before it is ``uncertain``; a
    segment with a negation or a stability statement and nothing else is ``normal``
    ("Heart size is unchanged."). A list after a negated segment stays negated ("no nodule,
-   consolidation or effusion"). An aortic diameter of at least ``AORTA_MAX_MM`` is abnormal.
+   consolidation or effusion", "no mass, nodule or infiltration was detected"). A closing verdict
+   covers what it closes: a last segment that is only a normal verdict ("Pericardial thickness is
+   2 mm, normal", "Trace pericardial fluid, within physiologic limits", "..., resolved") makes the
+   clause normal, and one with a copula ("heart contour, size are normal") the bare list before it.
+   A measurement at or beyond its normal limit (:mod:`ctvlp.reports.measure`: aortic diameter,
+   cardiothoracic ratio, wall thickness; or the report's own reference range) is abnormal.
 
 Output (decided, and matching fVLM's "impression-based" texts, shared/research/method.md 5.4):
 an anatomy is abnormal (1) if any clause about it is abnormal; otherwise, if a clause about it is
@@ -46,11 +57,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ctvlp.reports import lexicon as L
+from ctvlp.reports.measure import measured_abnormal
 from ctvlp.reports.normalise import normalise
 
 NORMAL_TEMPLATE = "{anatomy} shows no significant abnormalities."
 UNCERTAINTY_POLICIES: dict[str, int] = {"abnormal": 1, "unknown": -1, "normal": 0}
-AORTA_MAX_MM = 40.0  # an aortic diameter at or above this is dilated (ascending aorta, adults)
 
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _HARD_SPLIT = re.compile(
@@ -60,6 +71,7 @@ _SOFT_SPLIT = re.compile(r",?\s+(?:and|with|without|while)\s+|,\s*", re.I)
 _WORD = re.compile(r"[a-z][a-z-]*", re.I)
 _STRIP_CHARS = re.compile(r"[\"'()\[\]{}]")
 _MEASURE = re.compile(r"(\d+(?:\.\d+)?)\s*(mm|cm)\b", re.I)
+_LABEL = re.compile(r"^\s*([A-Za-z][\w /&,-]{0,40}?)\s*:\s*(?=\S)")  # "AORTA: ..." at a line start
 _RANK = {"abnormal": 3, "uncertain": 2, "normal": 1, None: 0}
 
 
@@ -111,7 +123,11 @@ class RuleReportParser:
         lex = dict(L.ANATOMY_TERMS if lexicon is None else lexicon)
         for name in self.anatomies:
             lex.setdefault(name, (name,))
-        self._term_to_anatomy = {t.lower(): a for a, terms in lex.items() for t in terms}
+        self._term_to_anatomy: dict[str, list[str]] = {}
+        for a, terms in lex.items():  # a phrase may name several anatomies ("cardiopulmonary")
+            for t in terms:
+                names = self._term_to_anatomy.setdefault(re.sub(r"[\s-]+", " ", t.lower()), [])
+                names += [a] if a not in names else []
         self._terms = L.phrase_regex(list(self._term_to_anatomy))
         self._blockers = L.phrase_regex(L.BLOCKERS)
         self._pre = L.phrase_regex(L.PRE_NEGATIONS)
@@ -122,22 +138,26 @@ class RuleReportParser:
         self._negated_hedges = L.phrase_regex(L.NEGATED_HEDGES)
         self._pseudo = L.phrase_regex(L.PSEUDO_NEGATIONS + L.STABILITY)
         self._findings = L.phrase_regex(L.FINDING_TERMS)
+        self._others = L.phrase_regex(L.OTHER_STRUCTURES)
 
     # -- detection ---------------------------------------------------------------------------
     def mentions(self, text: str) -> list[str]:
         """Anatomies named in ``text``, in order of first mention (blockers masked)."""
         masked = self._blockers.sub(lambda m: " " * len(m.group()), text)
+        words = set(_WORD.findall(masked.lower()))
         found: list[str] = []
         for m in self._terms.finditer(masked):
-            anatomy = self._term_to_anatomy[re.sub(r"[\s-]+", " ", m.group().lower())]
-            if anatomy not in found:
-                found.append(anatomy)
+            term = re.sub(r"[\s-]+", " ", m.group().lower())
+            if words & set(L.CLAIMED_BY_CONTEXT.get(term, ())):
+                continue  # "thyroid nodule in the right lobe"
+            for anatomy in self._term_to_anatomy[term]:
+                if anatomy not in found:
+                    found.append(anatomy)
         return found
 
     def _content_words(self, text: str) -> list[str]:
         masked = self._terms.sub(" ", self._blockers.sub(" ", text))
-        return [w for w in _WORD.findall(masked.lower())
-                if w not in L.FILLER_WORDS and w not in L.NEUTRAL_WORDS]
+        return [w for w in _WORD.findall(masked.lower()) if not _neutral(w)]
 
     def _says_something(self, text: str) -> bool:
         """A finding term or a content word (not anatomy, filler, neutral) in ``text``."""
@@ -158,12 +178,22 @@ class RuleReportParser:
                     or self._pre.search(text) or self._post.search(text)
                     or self._hedge_pre.search(text) or self._hedge_post.search(text))
 
+    def _list_item(self, text: str) -> bool:
+        """An item of a list begun before it: no assertion of its own, or an "or"/"nor" item whose
+        only verb says the list exists ("no mass, nodule or infiltration was detected")."""
+        if not self._has_own_assertion(text):
+            return True
+        if not re.search(r"\b(?:or|nor)\b", text, re.I):
+            return False
+        rest = " ".join(w for w in _WORD.findall(text) if w.lower() not in L.EXISTENCE_WORDS)
+        return not self._has_own_assertion(rest)
+
     def _continues_negated_list(self, left: str, right: str) -> bool:
         # "no nodule, consolidation or emphysema": the negation covers every item of the list, so
         # a right part with no verb or trigger of its own stays in the negated clause (NegEx scope).
         if not self._pre.search(self._pseudo.sub(" ", left)):
             return False
-        return not self._has_own_assertion(right)
+        return self._list_item(right)
 
     def _affirmed(self, text: str) -> str:
         """The part of a segment no negation covers: before the first pre-negation (outside a
@@ -171,12 +201,30 @@ class RuleReportParser:
         posts = list(self._post.finditer(text))
         pre = next((m for m in self._pre.finditer(text) if not any(  # "not" inside "is not seen"
             p.start() <= m.start() < p.end() and len(p.group()) >= len(m.group()) for p in posts)), None)
+        lead = _WORD.findall(text[: posts[0].start()].lower()) if posts else ["-"]
+        if all(w in L.FILLER_WORDS for w in lead) and (pre is None or posts[0].start() < pre.start()):
+            pre = posts[0]  # a verdict before its noun negates what follows ("resolved consolidation")
         end = pre.start() if pre else len(text)
         start = max((m.end() for m in posts if m.end() <= end), default=0)
         return text[start:end] if start <= end else ""
 
-    def segment_status(self, segment: str) -> str | None:
+    def _verdict_only(self, segment: str) -> bool:
+        """Only a normal verdict: "normal", "all within normal limits", "resolved"."""
+        rest = self._post.sub(" ", segment)
+        return rest != segment and not [w for w in _WORD.findall(rest.lower()) if w not in L.FILLER_WORDS]
+
+    def _closing_verdict(self, segment: str) -> bool:
+        """A copula and a post-negation that ends the segment: "size are normal", "were not seen"."""
+        posts = list(self._post.finditer(segment))
+        if not posts or self._pre.search(self._pseudo.sub(" ", segment[: posts[0].start()])):
+            return False
+        head = set(_WORD.findall(segment[: posts[-1].end()].lower()))
+        return bool(head & L.COPULAS) and not self._says_something(segment[posts[-1].end() :])
+
+    def segment_status(self, segment: str, anatomies: list[str] | None = None) -> str | None:
         """"abnormal", "uncertain", "normal" or None for one comma segment (module doc, step 4)."""
+        if measured_abnormal(segment, anatomies or []):
+            return "abnormal"
         text = self._negated_hedges.sub("no", segment)
         stated = bool(self._pseudo.search(text))
         text = self._confident.sub(" ", self._pseudo.sub(" ", text))
@@ -193,17 +241,24 @@ class RuleReportParser:
     def status(self, clause: str, anatomies: list[str] | None = None) -> str | None:
         """A clause's assertion: the strongest of its comma segments' (abnormal > uncertain >
         normal > None); the items of a negated list stay negated."""
-        if "aorta" in (anatomies or []) and _max_mm(clause) >= AORTA_MAX_MM:
-            return "abnormal"
-        best, negated = None, False
-        for seg in (s for s in clause.split(",") if s.strip()):
-            if negated and not self._has_own_assertion(seg):
-                st = "normal"
+        segments = [s for s in clause.split(",") if s.strip()]
+        found: list[str | None] = []
+        negated = False
+        for seg in segments:
+            if negated and self._list_item(seg):
+                found.append("normal")
             else:
-                st = self.segment_status(seg)
+                found.append(self.segment_status(seg, anatomies))
                 negated = bool(self._pre.search(self._pseudo.sub(" ", seg)))
-            best = max(best, st, key=_RANK.__getitem__)
-        return best
+        if len(segments) > 1 and self._verdict_only(segments[-1]):
+            return "normal"  # "Pericardial thickness is 2 mm, normal."
+        if len(segments) > 1 and self._closing_verdict(segments[-1]):
+            # "Mediastinal structures, heart contour, size are normal": the verdict's bare subjects;
+            # after "the lungs are clear" (its own subject) only items that say nothing
+            own_subject = bool(self.mentions(segments[-1]))
+            found = [st if self._has_own_assertion(seg) or (own_subject and self._content_words(seg)) else "normal"
+                     for seg, st in zip(segments, found)]
+        return max(found, key=_RANK.__getitem__, default=None)
 
     def polarity(self, clause: str) -> bool | None:
         """True = abnormal or uncertain, False = normal statement, None = no assertion."""
@@ -240,7 +295,7 @@ class RuleReportParser:
     def clauses(self, text: str) -> list[Clause]:
         """All clauses of a normalised report section with anatomies (inherited/merged) and status."""
         result: list[Clause] = []
-        for sentence in _SENTENCE_SPLIT.split(_STRIP_CHARS.sub("", text or "")):
+        for sentence in self._sentences(text):
             prev: list[str] = []
             pending = ""  # a bare subject ("Liver") waiting for its predicate
             for raw in self.split_clauses(sentence):
@@ -259,6 +314,21 @@ class RuleReportParser:
             if pending:
                 result.append(Clause(pending, self.mentions(pending), None))
         return result
+
+    def _sentences(self, text: str) -> list[str]:
+        """Sentences of a normalised section; a line labelled with an anatomy ("AORTA: Normal
+        caliber. Calcified plaque.") prefixes its label to its later sentences that name no
+        anatomy and no other structure."""
+        out: list[str] = []
+        for line in _STRIP_CHARS.sub("", text or "").splitlines():
+            m = _LABEL.match(line)
+            label = m.group(1) if m and self.mentions(m.group(1)) and not self._is_statement(m.group(1)) else ""
+            for i, sentence in enumerate(s for s in _SENTENCE_SPLIT.split(line) if s.strip()):
+                if label and i > 0 and not (self.mentions(sentence) or self._others.search(sentence)
+                                            or self._blockers.search(sentence)):
+                    sentence = f"{label}: {sentence}"
+                out.append(sentence)
+        return out
 
     # -- per-anatomy output ------------------------------------------------------------------
     def parse(self, findings: str | None, impression: str | None) -> Parsed:
@@ -290,10 +360,10 @@ class RuleReportParser:
         return self.parse(findings, impression).as_dict()
 
 
-def _max_mm(text: str) -> float:
-    """Largest measurement in ``text`` in mm (0 when none): "4.6 cm" -> 46."""
-    vals = [float(v) * (10.0 if u.lower() == "cm" else 1.0) for v, u in _MEASURE.findall(text)]
-    return max(vals, default=0.0)
+def _neutral(word: str) -> bool:
+    """A filler or neutral word, or the plural of one ("diameters")."""
+    vocab = L.FILLER_WORDS | L.NEUTRAL_WORDS
+    return word in vocab or (word.endswith("s") and word[:-1] in vocab)
 
 
 def _append(parts: list[str], text: str, inherited: bool) -> None:
