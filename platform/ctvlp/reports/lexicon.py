@@ -38,15 +38,20 @@ ANATOMY_TERMS: dict[str, tuple[str, ...]] = {
         "empyema", "copd", "ild", "honeycombing", "bronchiolitis", "bronchitis", "bronchiolectasis",
         "bronchiectatic", "tree-in-bud", "air trapping", "pneumonitis", "bulla", "bullae", "bullous",
         "bilateral effusions", "bilateral effusion", "left effusion", "right effusion",
+        # an effusion without an organ is pleural in a chest report, unless the sentence names the
+        # pericardium or heart (CLAIMED_BY_CONTEXT)
+        "effusion", "effusions",
         # post-operative lung
         "wedge resection", "segmentectomy", "cardiopulmonary",
     ),
     "heart": (
         "heart", "cardiac", "cardiomegaly", "pericardial", "pericardium", "coronary", "myocardial",
         "myocardium", "atrium", "atrial", "ventricle", "ventricular", "interventricular", "interatrial",
-        "cardiothoracic ratio", "cardiothoracic index", "ctr", "lv", "rv", "lvh",
+        "cardiothoracic ratio", "cardiothoracic index", "ctr", "lv", "rv", "la", "ra", "lvh",
         "aortic valve", "mitral", "mitral valve", "tricuspid", "tricuspid valve", "pulmonic valve",
         "pulmonary valve", "cardiac valve", "valvular", "epicardial", "cardiomyopathy", "pericarditis",
+        "pericardial effusion", "pericardial effusions", "aortic stenosis", "aortic regurgitation",
+        "aortic insufficiency", "aortic sclerosis", "aortic annulus", "agatston",
         "hemopericardium", "haemopericardium", "pneumopericardium",
         # coronary arteries by name, coronary disease
         "lad", "rca", "lcx", "circumflex", "left anterior descending", "cad",
@@ -128,6 +133,8 @@ FINDING_TERMS: frozenset[str] = frozenset({
     "cholecystectomy", "splenomegaly", "pancreatitis", "nephrolithiasis", "hydronephrosis",
     "cystitis", "diverticulosis", "diverticulitis", "colitis", "gastritis", "pneumonectomy",
     "lobectomy", "esophagectomy", "oesophagectomy",
+    "effusion", "effusions", "pericardial effusion", "pericardial effusions", "aortic stenosis",
+    "aortic regurgitation", "aortic insufficiency", "aortic sclerosis",
     "ggo", "ggos", "ptx", "pneumothoraces", "hydropneumothorax", "hemothorax", "haemothorax", "empyema",
     "copd", "ild", "honeycombing", "bronchiolitis", "bronchitis", "bronchiolectasis", "bronchiectatic",
     "tree-in-bud", "air trapping", "pneumonitis", "bulla", "bullae", "bullous", "bilateral effusions",
@@ -147,9 +154,8 @@ PRE_NEGATIONS: tuple[str, ...] = (
     "no evidence of", "no evidence for", "no signs of", "no sign of", "negative for",
     "no suspicious", "no significant", "no definite", "no", "not", "without", "free of",
     "absence of", "absent", "denies", "neither", "nor", "rather than",
-    "resolution of", "ruled out", "clear of", "free from", "devoid of", "lack of", "none of",
-    # a physiologic amount is no finding ("physiologic pericardial fluid")
-    "physiologic", "physiological",
+    "resolution of", "complete resolution of", "interval resolution of", "ruled out", "clear of",
+    "free from", "devoid of", "lack of", "none of",
 )
 
 POST_NEGATIONS: tuple[str, ...] = (
@@ -164,7 +170,8 @@ POST_NEGATIONS: tuple[str, ...] = (
     "not evident", "not appreciated", "not demonstrated", "not visualised", "not apparent",
     "none", "nil", "cleared", "has cleared", "have cleared", "is excluded", "was excluded",
     "are excluded", "were excluded", "within physiologic limits", "within physiological limits",
-    "physiologic in amount", "is physiologic", "upper limit of normal", "upper limits of normal",
+    "physiologic in amount", "is physiologic", "physiologic", "physiological",
+    "upper limit of normal", "upper limits of normal",
     "upper normal limit", "high normal",
 )
 
@@ -267,6 +274,9 @@ NEUTRAL_WORDS: frozenset[str] = frozenset({
     "when", "examined", "evaluated", "evaluation", "assessed", "assessment", "window", "windows",
     "axial", "image", "images", "dated", "date", "status", "post", "history", "known", "patient",
     "smooth", "regular", "midline", "decompressed", "performed", "because", "due", "contrast",
+    # devices and where they lie (LABELS.md: devices belong to no anatomy)
+    "aicd", "icd", "defibrillator", "pacer", "pacing", "generator", "tip", "terminates",
+    "terminating", "positioned", "projects", "projecting", "overlying", "good", "satisfactory",
     "january", "february", "march", "april", "may", "june", "july", "august", "september",
     "october", "november", "december",
 })
@@ -335,8 +345,9 @@ NEGATABLE_ADJECTIVES: tuple[str, ...] = (
 # A term that means the lung only when the clause names no other lobed organ ("thyroid nodule in
 # the right lobe"): term -> words that claim it for something else.
 CLAIMED_BY_CONTEXT: dict[str, tuple[str, ...]] = {
-    t: ("thyroid", "liver", "hepatic", "caudate", "goiter", "goitre", "thyroidal")
-    for t in ("lobe", "lobes", "lobar")
+    **{t: ("thyroid", "liver", "hepatic", "caudate", "goiter", "goitre", "thyroidal") for t in ("lobe", "lobes", "lobar")},
+    **{t: ("pericardial", "pericardium", "heart", "cardiac", "joint", "knee", "shoulder", "hip")
+       for t in ("effusion", "effusions")},
 }
 
 # Structures outside every anatomy of a grouping (LABELS.md: lymph nodes, devices, bones,

@@ -7,6 +7,7 @@ and the words of the segment) or, when the segment states one, with the report's
 range ("normal < 40 mm", "(<4.0 cm)", "normal range 0.4-0.5", "up to 5 mm"). A reference range is
 masked out of the text before anything else reads it, so its "normal" is no verdict and its
 number no measurement ("Asc aorta 43 mm (normal <40 mm)" is abnormal, "... 36 mm ..." is not).
+A value the report itself calls "upper limits of normal" is normal whatever the default limit.
 
 :func:`measured_abnormal` answers True (a value at or beyond its limit), False (values measured,
 all within limits) or None (nothing this module measures).
@@ -28,6 +29,8 @@ _REFERENCE = re.compile(
     rf"|(?P<lo>{_NUM})\s*(?:-|–|\bto\b)\s*(?P<hi>{_NUM})|(?P<bare>{_NUM}))\s*(?P<unit>mm|cm|%)?",
     re.I,
 )
+# The author's own verdict that a value is at the limit but normal ("upper limits of normal").
+_AT_LIMIT = re.compile(r"\bupper\s+limits?\s+of\s+normal\b|\b(?:upper|high)[\s-]+normal\b", re.I)
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ def measured_abnormal(text: str, anatomies: list[str] | tuple[str, ...]) -> bool
     """True: a measurement of one of ``anatomies`` in ``text`` is at or beyond its limit; False:
     measured and within limits; None: nothing measured (see the module doc)."""
     masked, refs = split_reference(text)
+    if _AT_LIMIT.search(masked):
+        return False
     verdicts: list[bool] = []
     for kind, values in (("ratio", ratios(masked)), ("length", lengths_mm(_RATIO.sub(" ", masked)))):
         if not values:

@@ -141,10 +141,11 @@ class RuleReportParser:
         self._others = L.phrase_regex(L.OTHER_STRUCTURES)
 
     # -- detection ---------------------------------------------------------------------------
-    def mentions(self, text: str) -> list[str]:
-        """Anatomies named in ``text``, in order of first mention (blockers masked)."""
+    def mentions(self, text: str, context: str | None = None) -> list[str]:
+        """Anatomies named in ``text``, in order of first mention (blockers masked); ``context``
+        (default ``text``: its sentence and line label) decides terms claimed by another organ."""
         masked = self._blockers.sub(lambda m: " " * len(m.group()), text)
-        words = set(_WORD.findall(masked.lower()))
+        words = set(_WORD.findall((context or masked).lower()))
         found: list[str] = []
         for m in self._terms.finditer(masked):
             term = re.sub(r"[\s-]+", " ", m.group().lower())
@@ -208,9 +209,17 @@ class RuleReportParser:
         start = max((m.end() for m in posts if m.end() <= end), default=0)
         return text[start:end] if start <= end else ""
 
+    def _shared_verdict(self, left: str, rest: str) -> bool:
+        """``left`` is the first of a list of bare subjects that ``rest`` closes with one verdict:
+        "Pleural effusion[, pneumothorax and pericardial effusion were not observed]"."""
+        if self._has_own_assertion(left):
+            return False
+        first = next((t for t in _SOFT_SPLIT.split(rest) if self._has_own_assertion(t)), "")
+        return self._closing_verdict(first)
+
     def _verdict_only(self, segment: str) -> bool:
         """Only a normal verdict: "normal", "all within normal limits", "resolved"."""
-        rest = self._post.sub(" ", segment)
+        rest = self._confident.sub(" ", self._post.sub(" ", segment))  # "likely physiologic"
         return rest != segment and not [w for w in _WORD.findall(rest.lower()) if w not in L.FILLER_WORDS]
 
     def _closing_verdict(self, segment: str) -> bool:
@@ -274,16 +283,17 @@ class RuleReportParser:
             if not piece:
                 continue
             cuts = list(_SOFT_SPLIT.finditer(piece))
+            bounds = [0] + [c.start() for c in cuts] + [len(piece)]
             start = 0
             for i, m in enumerate(cuts):
                 left = piece[start : m.start()]
-                nxt = cuts[i + 1].start() if i + 1 < len(cuts) else len(piece)
-                right = piece[m.end() : nxt]
+                right = piece[m.end() : bounds[i + 2]]
                 joiner = m.group().strip(" ,").lower()
                 needs_anatomy = joiner in ("", "and")
                 right_ok = not needs_anatomy or bool(
                     self.mentions(right) and (self._is_statement(right) or self._says_something(right)))
-                if needs_anatomy and self._continues_negated_list(left, right):
+                if needs_anatomy and (self._continues_negated_list(left, right)
+                                      or self._shared_verdict(left, piece[m.start() :])):
                     right_ok = False
                 if self._is_statement(left) and right_ok:
                     out.append(left.strip(" ,"))
@@ -295,13 +305,13 @@ class RuleReportParser:
     def clauses(self, text: str) -> list[Clause]:
         """All clauses of a normalised report section with anatomies (inherited/merged) and status."""
         result: list[Clause] = []
-        for sentence in self._sentences(text):
+        for sentence, context in self._sentences(text):
             prev: list[str] = []
             pending = ""  # a bare subject ("Liver") waiting for its predicate
             for raw in self.split_clauses(sentence):
                 raw = f"{pending}: {raw}" if pending else raw
                 pending = ""
-                names = self.mentions(raw)
+                names = self.mentions(raw, context)
                 st = self.status(raw, names or prev)
                 if names and st is None and not self._is_statement(raw):
                     pending = raw  # bare subject: merge into the next clause
@@ -312,14 +322,15 @@ class RuleReportParser:
                     result.append(Clause(raw, list(names), st, inherited))
                     prev = names
             if pending:
-                result.append(Clause(pending, self.mentions(pending), None))
+                result.append(Clause(pending, self.mentions(pending, context), None))
         return result
 
-    def _sentences(self, text: str) -> list[str]:
-        """Sentences of a normalised section; a line labelled with an anatomy ("AORTA: Normal
-        caliber. Calcified plaque.") prefixes its label to its later sentences that name no
-        anatomy and no other structure."""
-        out: list[str] = []
+    def _sentences(self, text: str) -> list[tuple[str, str]]:
+        """``(sentence, context)`` of a normalised section; a line labelled with an anatomy
+        ("AORTA: Normal caliber. Calcified plaque.") prefixes its label to its later sentences that
+        name no anatomy and no other structure; the context is the sentence and its line's label
+        ("Thyroid: 1.5 cm left lobe nodule." is no lung)."""
+        out: list[tuple[str, str]] = []
         for line in _STRIP_CHARS.sub("", text or "").splitlines():
             m = _LABEL.match(line)
             label = m.group(1) if m and self.mentions(m.group(1)) and not self._is_statement(m.group(1)) else ""
@@ -327,7 +338,7 @@ class RuleReportParser:
                 if label and i > 0 and not (self.mentions(sentence) or self._others.search(sentence)
                                             or self._blockers.search(sentence)):
                     sentence = f"{label}: {sentence}"
-                out.append(sentence)
+                out.append((sentence, f"{m.group(1) if m else ''} {sentence}"))
         return out
 
     # -- per-anatomy output ------------------------------------------------------------------
