@@ -47,7 +47,7 @@ ANATOMY_TERMS: dict[str, tuple[str, ...]] = {
     "heart": (
         "heart", "cardiac", "cardiomegaly", "pericardial", "pericardium", "coronary", "myocardial",
         "myocardium", "atrium", "atrial", "ventricle", "ventricular", "interventricular", "interatrial",
-        "cardiothoracic ratio", "cardiothoracic index", "ctr", "lv", "rv", "la", "ra", "lvh",
+        "cardiothoracic ratio", "cardiothoracic index", "cardiomediastinal", "ctr", "lv", "rv", "la", "ra", "lvh",
         "aortic valve", "mitral", "mitral valve", "tricuspid", "tricuspid valve", "pulmonic valve",
         "pulmonary valve", "cardiac valve", "valvular", "epicardial", "cardiomyopathy", "pericarditis",
         "pericardial effusion", "pericardial effusions", "aortic stenosis", "aortic regurgitation",
@@ -154,7 +154,8 @@ PRE_NEGATIONS: tuple[str, ...] = (
     "no evidence of", "no evidence for", "no signs of", "no sign of", "negative for",
     "no suspicious", "no significant", "no definite", "no", "not", "without", "free of",
     "absence of", "absent", "denies", "neither", "nor", "rather than",
-    "resolution of", "complete resolution of", "interval resolution of", "ruled out", "clear of",
+    "resolution of", "complete resolution of", "interval resolution of", "clearance of",
+    "interval clearance of", "ruled out", "clear of",
     "free from", "devoid of", "lack of", "none of",
 )
 
@@ -172,7 +173,7 @@ POST_NEGATIONS: tuple[str, ...] = (
     "are excluded", "were excluded", "within physiologic limits", "within physiological limits",
     "physiologic in amount", "is physiologic", "physiologic", "physiological",
     "upper limit of normal", "upper limits of normal",
-    "upper normal limit", "high normal",
+    "upper normal limit", "high normal", "normal finding", "normal variant", "anatomic variant",
 )
 
 # Hedges over what follows them ("possible X", "X may represent Y": X is stated, Y hedged).
@@ -272,7 +273,9 @@ NEUTRAL_WORDS: frozenset[str] = frozenset({
     "thickness", "wall", "walls", "calibration", "index", "transverse", "measurement",
     "measurements", "calculated", "level", "third", "portion", "part", "region", "area",
     "when", "examined", "evaluated", "evaluation", "assessed", "assessment", "window", "windows",
-    "axial", "image", "images", "dated", "date", "status", "post", "history", "known", "patient",
+    "axial", "image", "images", "dated", "date", "motion", "artifact", "artifacts", "streak",
+    "limited", "limits", "degraded", "mediastinum", "mediastinal", "throughout", "fully",
+    "symmetrically", "symmetric", "symmetrical", "grossly", "essentially", "overall", "largely", "status", "post", "history", "known", "patient",
     "smooth", "regular", "midline", "decompressed", "performed", "because", "due", "contrast",
     # devices and where they lie (LABELS.md: devices belong to no anatomy)
     "aicd", "icd", "defibrillator", "pacer", "pacing", "generator", "tip", "terminates",
@@ -362,6 +365,10 @@ OTHER_STRUCTURES: tuple[str, ...] = (
     "vena cava", "svc", "ivc", "azygos", "brachiocephalic", "subclavian", "carotid", "jugular",
     "diaphragm", "abdomen", "mediastinum", "mediastinal",
 )
+
+# What follows a normal verdict after one of these words says in what respect it is normal
+# ("normal in size and enhancement", "normal for age", "normal throughout").
+VERDICT_PREPOSITIONS: frozenset[str] = frozenset({"in", "for", "throughout", "as", "at", "to", "on", "by"})
 
 # Copulas and verbs of a closing verdict ("heart contour, size are normal").
 COPULAS: frozenset[str] = frozenset({

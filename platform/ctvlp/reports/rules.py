@@ -206,8 +206,21 @@ class RuleReportParser:
         if all(w in L.FILLER_WORDS for w in lead) and (pre is None or posts[0].start() < pre.start()):
             pre = posts[0]  # a verdict before its noun negates what follows ("resolved consolidation")
         end = pre.start() if pre else len(text)
-        start = max((m.end() for m in posts if m.end() <= end), default=0)
-        return text[start:end] if start <= end else ""
+        last = max((m for m in posts if m.end() <= end), key=lambda m: m.end(), default=None)
+        if last is None:
+            return text[:end]
+        rest = text[last.end() : end]
+        if self._qualifies_verdict(last.group(), rest):
+            return ""
+        return rest
+
+    def _qualifies_verdict(self, verdict: str, rest: str) -> bool:
+        """``rest`` only says in what respect the verdict holds: "normal in size and enhancement",
+        "normal for age", "normal caliber throughout", "normally distended"."""
+        words = _WORD.findall(rest.lower())
+        if not words or self._findings.search(rest) or set(words) & L.DEGREE_WORDS:
+            return False
+        return words[0] in L.VERDICT_PREPOSITIONS or (verdict.lower() == "normally" and len(words) == 1)
 
     def _shared_verdict(self, left: str, rest: str) -> bool:
         """``left`` is the first of a list of bare subjects that ``rest`` closes with one verdict:
@@ -278,9 +291,13 @@ class RuleReportParser:
     def split_clauses(self, sentence: str) -> list[str]:
         """Clauses of one sentence (see the module doc for where it splits)."""
         out: list[str] = []
-        for piece in _HARD_SPLIT.split(sentence):
+        seps = [m.group() for m in _HARD_SPLIT.finditer(sentence)] + [""]
+        for piece, sep in zip(_HARD_SPLIT.split(sentence), seps):
             piece = piece.strip(" ,.")
             if not piece:
+                continue
+            if sep.strip() == ":" and not self._has_own_assertion(piece) and not self._findings.search(piece):
+                out.append(piece + ":")  # a label ("Lungs, heart and mediastinum:") for what follows
                 continue
             cuts = list(_SOFT_SPLIT.finditer(piece))
             bounds = [0] + [c.start() for c in cuts] + [len(piece)]
@@ -311,9 +328,11 @@ class RuleReportParser:
             for raw in self.split_clauses(sentence):
                 raw = f"{pending}: {raw}" if pending else raw
                 pending = ""
+                label = raw.endswith(":")
+                raw = raw.rstrip(":")
                 names = self.mentions(raw, context)
                 st = self.status(raw, names or prev)
-                if names and st is None and not self._is_statement(raw):
+                if names and (label or (st is None and not self._is_statement(raw))):
                     pending = raw  # bare subject: merge into the next clause
                     continue
                 inherited = not names
