@@ -33,6 +33,7 @@ ANATOMY_TERMS: dict[str, tuple[str, ...]] = {
         "rul", "rml", "rll", "lul", "lll", "airspace", "air space", "bibasilar", "bibasal",
         "biapical", "subpleural", "perihilar", "fissure", "fissures", "fissural", "perifissural",
         "centrilobular", "paraseptal", "pleuroparenchymal", "small airways", "small airway",
+        "interstitial", "interstitium", "kerley",
         # findings that name the lung (US abbreviations: GGO, PTX, COPD, ILD)
         "ggo", "ggos", "ptx", "pneumothoraces", "hydropneumothorax", "hemothorax", "haemothorax",
         "empyema", "copd", "ild", "honeycombing", "bronchiolitis", "bronchitis", "bronchiolectasis",
@@ -173,7 +174,7 @@ POST_NEGATIONS: tuple[str, ...] = (
     "are excluded", "were excluded", "within physiologic limits", "within physiological limits",
     "physiologic in amount", "is physiologic", "physiologic", "physiological",
     "upper limit of normal", "upper limits of normal",
-    "upper normal limit", "high normal", "normal finding", "normal variant", "anatomic variant",
+    "upper normal limit", "high normal", "unlikely", "less likely", "not likely", "normal finding", "normal variant", "anatomic variant",
 )
 
 # Hedges over what follows them ("possible X", "X may represent Y": X is stated, Y hedged).
@@ -185,7 +186,8 @@ HEDGES_PRE: tuple[str, ...] = (
     "cannot entirely exclude", "cannot completely exclude", "cannot definitely exclude",
     "not possible to exclude", "impossible to exclude", "difficult to exclude", "rule out",
     "worrisome for", "concern for", "question of", "query", "suspected", "possibility of",
-    "potentially", "perhaps",
+    "potentially", "perhaps", "may reflect", "could reflect", "might reflect", "might represent",
+    "may indicate", "could indicate", "may suggest", "suggest", "suggests", "consider",
 )
 
 # Hedges over what precedes them ("a small effusion cannot be excluded").

@@ -9,6 +9,8 @@
 - :func:`join_line_wraps`: a line break inside a sentence ("There is moderate\\ncardiomegaly.")
   is a space; a break after ``.!?:``, before a header, a bullet or a capitalised line after a
   content word stays a break. A short label line ("AORTA:") is joined to the line it labels.
+- :func:`split_enumerations`: "1) Cardiomegaly 2) No effusion" or "1. ... 2. ..." on one line
+  are separate items (a negation never reaches into the next one).
 - :func:`expand_abbreviations`: terse reports' shorthand (``lexicon.ABBREVIATIONS``: "s/p" ->
   "status post", "c/w", "r/o", "w/o", "WNL", "nl", "vs.", "?PE" -> "possible PE"), double
   negations (``lexicon.DOUBLE_NEGATIONS``: "not without" -> "with"), "non-dilated" -> "not
@@ -125,6 +127,14 @@ def correct_typos(text: str) -> str:
     return _WORD.sub(fix, text)
 
 
+_ENUMERATOR = re.compile(r"(?:^|(?<=\s))\(?\d{1,2}[.)]\s+(?=[A-Z])", re.M)
+
+
+def split_enumerations(text: str) -> str:
+    """Each numbered item ("1)", "2.") of ``text`` on its own line, its number dropped."""
+    return _ENUMERATOR.sub("\n", text)
+
+
 _ABBREVIATIONS = [(re.compile(p, re.I), r) for p, r in L.ABBREVIATIONS + L.DOUBLE_NEGATIONS]
 _NON = re.compile(r"\bnon-?(" + "|".join(L.NEGATABLE_ADJECTIVES) + r")\b", re.I)
 _PREFIX = re.compile(r"\b(post|normal|well|status)-(?=[a-z])", re.I)
@@ -139,4 +149,5 @@ def expand_abbreviations(text: str) -> str:
 
 def normalise(text: str | None) -> str:
     """Sections, line wraps, abbreviations, then typos: the text the rule parser splits into sentences."""
-    return correct_typos(expand_abbreviations(join_line_wraps(report_sections(text or ""))))
+    joined = split_enumerations(join_line_wraps(report_sections(text or "")))
+    return correct_typos(expand_abbreviations(joined))

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ctvlp.reports import lexicon as L
-from ctvlp.reports.measure import measured_abnormal
+from ctvlp.reports.measure import measured_abnormal, split_reference
 from ctvlp.reports.normalise import normalise
 
 NORMAL_TEMPLATE = "{anatomy} shows no significant abnormalities."
@@ -247,7 +247,7 @@ class RuleReportParser:
         """"abnormal", "uncertain", "normal" or None for one comma segment (module doc, step 4)."""
         if measured_abnormal(segment, anatomies or []):
             return "abnormal"
-        text = self._negated_hedges.sub("no", segment)
+        text = self._negated_hedges.sub("no", split_reference(segment)[0])  # "(normal < 40 mm)" is no verdict
         stated = bool(self._pseudo.search(text))
         text = self._confident.sub(" ", self._pseudo.sub(" ", text))
         if self._hedge_post.search(text):
