@@ -197,6 +197,9 @@ HEDGES_POST: tuple[str, ...] = tuple(
     for adverb in ("", "entirely ", "completely ", "totally ", "definitely ", "confidently ", "fully ",
                    "reliably ", "definitively ")
     for verb in ("excluded", "ruled out")
+) + tuple(  # a hedge as the predicate: "an intimal flap is questionable"
+    f"{copula} {adjective}" for copula in ("is", "are", "was", "were")
+    for adjective in ("questionable", "possible", "suspected", "equivocal", "uncertain", "not certain", "queried")
 )
 
 # Qualifiers that state the finding (LABELS.md: "likely X" counts as present); removed before
@@ -323,12 +326,12 @@ PREDICATE_WORDS: frozenset[str] = frozenset({
 # (case-insensitive, whole words) -> replacement. "?PE" and "? pneumothorax" are questions: hedges.
 ABBREVIATIONS: tuple[tuple[str, str], ...] = (
     (r"\bs/p\b|\bstatus-post\b", "status post"), (r"\bc/w\b", "consistent with"),
-    (r"\br/o\b", "rule out"), (r"\bw/o\b", "without"), (r"\bw/(?=\s|\w)", "with "),
+    (r"\br/o\b", "rule out"), (r"\bw/o\b", "without"), (r"\bw/(?!o\b)\s*", "with "),
     (r"\bh/o\b", "history of"), (r"\bf/u\b", "follow-up"), (r"\bb/l\b|\bbilat\b", "bilateral"),
     (r"\bwnl\b", "within normal limits"), (r"\bnl\b", "normal"), (r"\bneg\b", "negative"),
     (r"\bvs\b\.?", "versus"), (r"\bapprox\b\.?", "approximately"), (r"\be\.g\.|\bi\.e\.", ""),
     (r"\basc\b\.?", "ascending"), (r"\bdesc\b\.?", "descending"), (r"\bcan't\b", "cannot"),
-    (r"(?<![\w?])\?(?=\s*[a-z])", "possible "),
+    (r"(?<![\w?])\?\s*(?=[a-z])", "possible "),
 )
 
 # Double negations read as what they state ("not without emphysema" = with emphysema).

@@ -127,12 +127,12 @@ def correct_typos(text: str) -> str:
     return _WORD.sub(fix, text)
 
 
-_ENUMERATOR = re.compile(r"(?:^|(?<=\s))\(?\d{1,2}[.)]\s+(?=[A-Z])", re.M)
+_ENUMERATOR = re.compile(r"(?:^|[ \t]+)\(?\d{1,2}[.)]\s+(?=[A-Z])", re.M)
 
 
 def split_enumerations(text: str) -> str:
     """Each numbered item ("1)", "2.") of ``text`` on its own line, its number dropped."""
-    return _ENUMERATOR.sub("\n", text)
+    return _ENUMERATOR.sub("\n", text).lstrip("\n")
 
 
 _ABBREVIATIONS = [(re.compile(p, re.I), r) for p, r in L.ABBREVIATIONS + L.DOUBLE_NEGATIONS]
