@@ -33,7 +33,11 @@ ANATOMY_TERMS: dict[str, tuple[str, ...]] = {
         "rul", "rml", "rll", "lul", "lll", "airspace", "air space", "bibasilar", "bibasal",
         "biapical", "subpleural", "perihilar", "fissure", "fissures", "fissural", "perifissural",
         "centrilobular", "paraseptal", "pleuroparenchymal", "small airways", "small airway",
-        "interstitial", "interstitium", "kerley",
+        "interstitial", "interstitium", "kerley", "airway", "airways",
+        # places and findings of the lung named alone; another organ in the sentence claims them
+        # (CLAIMED_BY_CONTEXT: "LV apical thrombus", "thyroid nodule", "liver: 1 cm nodule")
+        "apical", "apices", "basilar", "basal", "bases", "nodule", "nodules", "micronodule",
+        "micronodules", "opacity", "opacities", "infiltrate", "infiltrates",
         # findings that name the lung (US abbreviations: GGO, PTX, COPD, ILD)
         "ggo", "ggos", "ptx", "pneumothoraces", "hydropneumothorax", "hemothorax", "haemothorax",
         "empyema", "copd", "ild", "honeycombing", "bronchiolitis", "bronchitis", "bronchiolectasis",
@@ -51,6 +55,8 @@ ANATOMY_TERMS: dict[str, tuple[str, ...]] = {
         "cardiothoracic ratio", "cardiothoracic index", "cardiomediastinal", "ctr", "lv", "rv", "la", "ra", "lvh",
         "aortic valve", "mitral", "mitral valve", "tricuspid", "tricuspid valve", "pulmonic valve",
         "pulmonary valve", "cardiac valve", "valvular", "epicardial", "cardiomyopathy", "pericarditis",
+        "biventricular", "biatrial", "mechanical valve", "bioprosthetic valve", "valvuloplasty",
+        "annuloplasty", "valve repair",
         "pericardial effusion", "pericardial effusions", "aortic stenosis", "aortic regurgitation",
         "aortic insufficiency", "aortic sclerosis", "aortic annulus", "agatston",
         "hemopericardium", "haemopericardium", "pneumopericardium",
@@ -134,6 +140,8 @@ FINDING_TERMS: frozenset[str] = frozenset({
     "cholecystectomy", "splenomegaly", "pancreatitis", "nephrolithiasis", "hydronephrosis",
     "cystitis", "diverticulosis", "diverticulitis", "colitis", "gastritis", "pneumonectomy",
     "lobectomy", "esophagectomy", "oesophagectomy",
+    "nodule", "nodules", "micronodule", "micronodules", "opacity", "opacities", "infiltrate",
+    "infiltrates", "valvuloplasty", "annuloplasty", "mechanical valve", "bioprosthetic valve", "valve repair",
     "effusion", "effusions", "pericardial effusion", "pericardial effusions", "aortic stenosis",
     "aortic regurgitation", "aortic insufficiency", "aortic sclerosis",
     "ggo", "ggos", "ptx", "pneumothoraces", "hydropneumothorax", "hemothorax", "haemothorax", "empyema",
@@ -264,7 +272,7 @@ NEUTRAL_WORDS: frozenset[str] = frozenset({
     "artery", "arteries", "chamber", "chambers", "findings", "finding", "evidence", "signs", "sign",
     "any", "significant", "focal", "definite", "acute", "new", "demonstrable", "visible",
     "ascending", "descending", "thoracic", "abdominal", "arch", "root", "segment", "segments",
-    "base", "bases", "apex", "apices", "distal", "proximal", "mid", "anterior", "posterior",
+    "base", "apex", "distal", "proximal", "mid", "anterior", "posterior",
     "lateral", "medial", "aerated", "expanded", "borderline", "limits", "limit", "than",
     "show", "shows", "showed", "demonstrates", "demonstrate", "demonstrated", "reveals", "reveal",
     "appears", "appear", "appeared", "seen", "noted", "observed", "identified", "measures",
@@ -352,10 +360,23 @@ NEGATABLE_ADJECTIVES: tuple[str, ...] = (
 
 # A term that means the lung only when the clause names no other lobed organ ("thyroid nodule in
 # the right lobe"): term -> words that claim it for something else.
+_CARDIAC = ("pericardial", "pericardium", "heart", "cardiac", "ventricle", "ventricular", "lv", "rv",
+            "myocardial", "myocardium", "atrial", "septal", "septum", "coronary")
+# Organs and structures other than the lung, whose nodules, opacities and lobes are their own.
+_NOT_LUNG = _CARDIAC + (
+    "thyroid", "thyroidal", "goiter", "goitre", "liver", "hepatic", "caudate", "adrenal", "renal",
+    "kidney", "kidneys", "spleen", "splenic", "pancreas", "pancreatic", "breast", "breasts",
+    "subcutaneous", "skin", "cutaneous", "muscle", "lymph", "node", "nodes", "nodal", "bone", "bones",
+    "osseous", "esophagus", "esophageal", "oesophagus", "oesophageal", "gastric", "stomach", "bowel",
+    "colon", "mediastinal", "mediastinum", "chest wall", "axillary", "soft tissue",
+)
 CLAIMED_BY_CONTEXT: dict[str, tuple[str, ...]] = {
     **{t: ("thyroid", "liver", "hepatic", "caudate", "goiter", "goitre", "thyroidal") for t in ("lobe", "lobes", "lobar")},
-    **{t: ("pericardial", "pericardium", "heart", "cardiac", "joint", "knee", "shoulder", "hip")
-       for t in ("effusion", "effusions")},
+    **{t: _CARDIAC + ("joint", "knee", "shoulder", "hip") for t in ("effusion", "effusions")},
+    **{t: _CARDIAC for t in ("apical", "apices", "basilar", "basal", "bases")},
+    **{t: _NOT_LUNG for t in ("nodule", "nodules", "micronodule", "micronodules", "opacity", "opacities",
+                             "infiltrate", "infiltrates")},
+    **{t: ("trachea", "tracheal", "larynx", "laryngeal", "pharynx", "upper") for t in ("airway", "airways")},
 }
 
 # Structures outside every anatomy of a grouping (LABELS.md: lymph nodes, devices, bones,
@@ -374,6 +395,14 @@ OTHER_STRUCTURES: tuple[str, ...] = (
 # What follows a normal verdict after one of these words says in what respect it is normal
 # ("normal in size and enhancement", "normal for age", "normal throughout").
 VERDICT_PREPOSITIONS: frozenset[str] = frozenset({"in", "for", "throughout", "as", "at", "to", "on", "by"})
+
+# Prepositions that make what follows a landmark: "lymph node adjacent to the aortic arch" is
+# about the node, not the aorta, when the part before names a subject of its own.
+LANDMARKS: tuple[str, ...] = (
+    "adjacent to", "abutting", "abuts", "near", "next to", "close to", "beside", "anterior to",
+    "posterior to", "lateral to", "medial to", "superior to", "inferior to", "at the level of",
+    "in contact with", "contacting",
+)
 
 # Copulas and verbs of a closing verdict ("heart contour, size are normal").
 COPULAS: frozenset[str] = frozenset({

@@ -139,6 +139,7 @@ class RuleReportParser:
         self._pseudo = L.phrase_regex(L.PSEUDO_NEGATIONS + L.STABILITY)
         self._findings = L.phrase_regex(L.FINDING_TERMS)
         self._others = L.phrase_regex(L.OTHER_STRUCTURES)
+        self._landmark = L.phrase_regex(L.LANDMARKS)
 
     # -- detection ---------------------------------------------------------------------------
     def mentions(self, text: str, context: str | None = None) -> list[str]:
@@ -155,6 +156,16 @@ class RuleReportParser:
                 if anatomy not in found:
                     found.append(anatomy)
         return found
+
+    def subjects(self, clause: str, context: str | None = None) -> list[str]:
+        """Anatomies a clause is about: those named before a landmark preposition when that part
+        names a subject ("Nodule abutting the aorta" is lung, "Lymph node adjacent to the aortic
+        arch" nothing), else all it names."""
+        m = self._landmark.search(clause)
+        head = clause[: m.start()] if m else ""
+        if head and (self.mentions(head, context) or self._content_words(head)):
+            return self.mentions(head, context)
+        return self.mentions(clause, context)
 
     def _content_words(self, text: str) -> list[str]:
         masked = self._terms.sub(" ", self._blockers.sub(" ", text))
@@ -330,7 +341,7 @@ class RuleReportParser:
                 pending = ""
                 label = raw.endswith(":")
                 raw = raw.rstrip(":")
-                names = self.mentions(raw, context)
+                names = self.subjects(raw, context)
                 st = self.status(raw, names or prev)
                 if names and (label or (st is None and not self._is_statement(raw))):
                     pending = raw  # bare subject: merge into the next clause
