@@ -37,7 +37,11 @@ ANATOMY_TERMS: dict[str, tuple[str, ...]] = {
         # places and findings of the lung named alone; another organ in the sentence claims them
         # (CLAIMED_BY_CONTEXT: "LV apical thrombus", "thyroid nodule", "liver: 1 cm nodule")
         "apical", "apices", "basilar", "basal", "bases", "nodule", "nodules", "micronodule",
-        "micronodules", "opacity", "opacities", "infiltrate", "infiltrates",
+        "micronodules", "opacity", "opacities", "infiltrate", "infiltrates", "granuloma", "granulomas",
+        "scarring", "scar", "scars", "fibrosis", "fibrotic", "bronchogram", "bronchograms",
+        "air bronchograms", "cavitary", "cavitation", "mucus plugging", "mucous plugging",
+        "mucus plug", "mucus plugs", "mucoid impaction", "hyperinflation", "hyperinflated",
+        "hyperexpanded", "hyperlucent", "bleb", "blebs", "pneumatocele",
         # findings that name the lung (US abbreviations: GGO, PTX, COPD, ILD)
         "ggo", "ggos", "ptx", "pneumothoraces", "hydropneumothorax", "hemothorax", "haemothorax",
         "empyema", "copd", "ild", "honeycombing", "bronchiolitis", "bronchitis", "bronchiolectasis",
@@ -55,7 +59,7 @@ ANATOMY_TERMS: dict[str, tuple[str, ...]] = {
         "cardiothoracic ratio", "cardiothoracic index", "cardiomediastinal", "ctr", "lv", "rv", "la", "ra", "lvh",
         "aortic valve", "mitral", "mitral valve", "tricuspid", "tricuspid valve", "pulmonic valve",
         "pulmonary valve", "cardiac valve", "valvular", "epicardial", "cardiomyopathy", "pericarditis",
-        "biventricular", "biatrial", "mechanical valve", "bioprosthetic valve", "valvuloplasty",
+        "biventricular", "biatrial", "chf", "laa", "mechanical valve", "bioprosthetic valve", "valvuloplasty",
         "annuloplasty", "valve repair",
         "pericardial effusion", "pericardial effusions", "aortic stenosis", "aortic regurgitation",
         "aortic insufficiency", "aortic sclerosis", "aortic annulus", "agatston",
@@ -76,7 +80,7 @@ ANATOMY_TERMS: dict[str, tuple[str, ...]] = {
         "oesophagogastric junction", "oesophago-gastric junction", "ge junction", "gej", "egj",
         # post-operative esophagus: resection, the gastric conduit, anti-reflux surgery
         "esophagogastrectomy", "oesophagogastrectomy", "ivor lewis", "gastric pull-through",
-        "gastric pull-up", "gastric conduit", "fundoplication",
+        "gastric pull-up", "gastric conduit", "fundoplication", "barrett", "barretts",
     ),
     "aorta": (
         "aorta", "aortic", "aortas", "aort", "ao", "arterial wall calcification",
@@ -85,6 +89,8 @@ ANATOMY_TERMS: dict[str, tuple[str, ...]] = {
         "type a dissection", "type b dissection",
         # post-operative aorta: endovascular and open repair
         "tevar", "evar", "endograft", "stent graft", "stent-graft", "bentall",
+        # an aneurysm or dissection without a vessel is aortic in a chest report (CLAIMED_BY_CONTEXT)
+        "aneurysm", "aneurysms", "aneurysmal", "dissection", "dissections",
     ),
     "liver": (
         "liver", "hepatic", "hepatomegaly", "hepatosteatosis", "steatosis", "hepatocellular",
@@ -141,7 +147,12 @@ FINDING_TERMS: frozenset[str] = frozenset({
     "cystitis", "diverticulosis", "diverticulitis", "colitis", "gastritis", "pneumonectomy",
     "lobectomy", "esophagectomy", "oesophagectomy",
     "nodule", "nodules", "micronodule", "micronodules", "opacity", "opacities", "infiltrate",
-    "infiltrates", "valvuloplasty", "annuloplasty", "mechanical valve", "bioprosthetic valve", "valve repair",
+    "infiltrates", "granuloma", "granulomas", "scarring", "scar", "scars", "fibrosis", "fibrotic",
+    "bronchogram", "bronchograms", "air bronchograms", "cavitary", "cavitation", "mucus plugging",
+    "mucous plugging", "mucus plug", "mucus plugs", "mucoid impaction", "hyperinflation",
+    "hyperinflated", "hyperexpanded", "hyperlucent", "bleb", "blebs", "pneumatocele", "chf",
+    "barrett", "barretts", "aneurysm", "aneurysms", "aneurysmal", "dissection", "dissections",
+    "valvuloplasty", "annuloplasty", "mechanical valve", "bioprosthetic valve", "valve repair",
     "effusion", "effusions", "pericardial effusion", "pericardial effusions", "aortic stenosis",
     "aortic regurgitation", "aortic insufficiency", "aortic sclerosis",
     "ggo", "ggos", "ptx", "pneumothoraces", "hydropneumothorax", "hemothorax", "haemothorax", "empyema",
@@ -182,7 +193,7 @@ POST_NEGATIONS: tuple[str, ...] = (
     "are excluded", "were excluded", "within physiologic limits", "within physiological limits",
     "physiologic in amount", "is physiologic", "physiologic", "physiological",
     "upper limit of normal", "upper limits of normal",
-    "upper normal limit", "high normal", "unlikely", "less likely", "not likely", "normal finding", "normal variant", "anatomic variant",
+    "upper normal limit", "high normal", "upper normal", "top normal", "top-normal", "unlikely", "less likely", "not likely", "normal finding", "normal variant", "anatomic variant",
 )
 
 # Hedges over what follows them ("possible X", "X may represent Y": X is stated, Y hedged).
@@ -288,7 +299,9 @@ NEUTRAL_WORDS: frozenset[str] = frozenset({
     "when", "examined", "evaluated", "evaluation", "assessed", "assessment", "window", "windows",
     "axial", "image", "images", "dated", "date", "motion", "artifact", "artifacts", "streak",
     "limited", "limits", "degraded", "mediastinum", "mediastinal", "throughout", "fully",
-    "symmetrically", "symmetric", "symmetrical", "grossly", "essentially", "overall", "largely", "status", "post", "history", "known", "patient",
+    "symmetrically", "symmetric", "symmetrical", "grossly", "essentially", "overall", "largely",
+    "branching", "conventional", "standard", "usual", "typical", "vessel", "vessels", "great",
+    "origin", "origins", "pattern", "anatomy", "up", "branches", "major", "status", "post", "history", "known", "patient",
     "smooth", "regular", "midline", "decompressed", "performed", "because", "due", "contrast",
     # devices and where they lie (LABELS.md: devices belong to no anatomy)
     "aicd", "icd", "defibrillator", "pacer", "pacing", "generator", "tip", "terminates",
@@ -370,6 +383,13 @@ _NOT_LUNG = _CARDIAC + (
     "osseous", "esophagus", "esophageal", "oesophagus", "oesophageal", "gastric", "stomach", "bowel",
     "colon", "mediastinal", "mediastinum", "chest wall", "axillary", "soft tissue",
 )
+# Vessels and surgeries other than the aorta's ("pulmonary artery aneurysm", "lymph node dissection").
+_OTHER_VESSELS = (
+    "pulmonary", "artery", "arteries", "arterial", "splenic", "renal", "iliac", "subclavian", "carotid",
+    "innominate", "brachiocephalic", "vertebral", "femoral", "popliteal", "hepatic", "mesenteric",
+    "celiac", "cerebral", "intracranial", "venous", "vein", "lymph", "node", "nodes", "neck", "axillary",
+    "bone", "cyst",
+)
 CLAIMED_BY_CONTEXT: dict[str, tuple[str, ...]] = {
     **{t: ("thyroid", "liver", "hepatic", "caudate", "goiter", "goitre", "thyroidal") for t in ("lobe", "lobes", "lobar")},
     **{t: _CARDIAC + ("joint", "knee", "shoulder", "hip") for t in ("effusion", "effusions")},
@@ -377,6 +397,9 @@ CLAIMED_BY_CONTEXT: dict[str, tuple[str, ...]] = {
     **{t: _NOT_LUNG for t in ("nodule", "nodules", "micronodule", "micronodules", "opacity", "opacities",
                              "infiltrate", "infiltrates")},
     **{t: ("trachea", "tracheal", "larynx", "laryngeal", "pharynx", "upper") for t in ("airway", "airways")},
+    **{t: _NOT_LUNG for t in ("granuloma", "granulomas", "scarring", "scar", "scars", "fibrosis", "fibrotic",
+                             "cavitary", "cavitation")},
+    **{t: _CARDIAC + _OTHER_VESSELS for t in ("aneurysm", "aneurysms", "aneurysmal", "dissection", "dissections")},
 }
 
 # Structures outside every anatomy of a grouping (LABELS.md: lymph nodes, devices, bones,

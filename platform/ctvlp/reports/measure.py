@@ -30,7 +30,7 @@ _REFERENCE = re.compile(
     re.I,
 )
 # The author's own verdict that a value is at the limit but normal ("upper limits of normal").
-_AT_LIMIT = re.compile(r"\bupper\s+limits?\s+of\s+normal\b|\b(?:upper|high)[\s-]+normal\b", re.I)
+_AT_LIMIT = re.compile(r"\bupper\s+limits?\s+of\s+normal\b|\b(?:upper|high|top)[\s-]+normal\b", re.I)
 
 
 @dataclass(frozen=True)
