@@ -80,7 +80,7 @@ ANATOMY_TERMS: dict[str, tuple[str, ...]] = {
         "oesophagogastric junction", "oesophago-gastric junction", "ge junction", "gej", "egj",
         # post-operative esophagus: resection, the gastric conduit, anti-reflux surgery
         "esophagogastrectomy", "oesophagogastrectomy", "ivor lewis", "gastric pull-through",
-        "gastric pull-up", "gastric conduit", "fundoplication", "barrett", "barretts",
+        "gastric pull-up", "gastric conduit", "fundoplication", "barrett", "barretts", "hh",
     ),
     "aorta": (
         "aorta", "aortic", "aortas", "aort", "ao", "arterial wall calcification",
@@ -151,7 +151,7 @@ FINDING_TERMS: frozenset[str] = frozenset({
     "bronchogram", "bronchograms", "air bronchograms", "cavitary", "cavitation", "mucus plugging",
     "mucous plugging", "mucus plug", "mucus plugs", "mucoid impaction", "hyperinflation",
     "hyperinflated", "hyperexpanded", "hyperlucent", "bleb", "blebs", "pneumatocele", "chf",
-    "barrett", "barretts", "aneurysm", "aneurysms", "aneurysmal", "dissection", "dissections",
+    "barrett", "barretts", "hh", "aneurysm", "aneurysms", "aneurysmal", "dissection", "dissections",
     "valvuloplasty", "annuloplasty", "mechanical valve", "bioprosthetic valve", "valve repair",
     "effusion", "effusions", "pericardial effusion", "pericardial effusions", "aortic stenosis",
     "aortic regurgitation", "aortic insufficiency", "aortic sclerosis",
@@ -286,7 +286,8 @@ NEUTRAL_WORDS: frozenset[str] = frozenset({
     "base", "apex", "distal", "proximal", "mid", "anterior", "posterior",
     "lateral", "medial", "aerated", "expanded", "borderline", "limits", "limit", "than",
     "show", "shows", "showed", "demonstrates", "demonstrate", "demonstrated", "reveals", "reveal",
-    "appears", "appear", "appeared", "seen", "noted", "observed", "identified", "measures",
+    "appears", "appear", "appeared", "seen", "noted", "observed", "identified", "detected", "found",
+    "visualised", "evident", "present", "appreciated", "measures",
     "measure", "measured", "measuring", "mm", "cm", "x", "volume", "has", "have", "had", "sized",
     "for", "from", "into", "within", "about", "approximately", "this", "that", "these",
     "pacemaker", "lead", "leads", "wire", "wires", "catheter", "line", "tube", "port", "device",
@@ -323,6 +324,7 @@ DEGREE_WORDS: frozenset[str] = frozenset({
 REPORT_SECTIONS: tuple[str, ...] = (
     "findings", "finding", "impression", "impressions", "conclusion", "conclusions", "opinion",
     "final impression", "addendum", "summary", "interpretation", "diagnosis", "result", "results",
+    "comment", "comments", "report",  # UK reports conclude under "Comment:"
 )
 OTHER_SECTIONS: tuple[str, ...] = (
     "indication", "indications", "clinical indication", "history", "clinical history",
@@ -331,7 +333,7 @@ OTHER_SECTIONS: tuple[str, ...] = (
     "procedure", "examination", "protocol", "exam", "hx", "clinical", "clinical question",
     "clinical notes", "indication for exam", "indication for study", "reason", "request",
     "prior", "priors", "prior studies", "contrast", "dose", "radiation dose", "recommendation",
-    "recommendations", "technique and comparison",
+    "recommendations", "technique and comparison", "reason for request",
 )
 
 # Predicates: a clause containing one of these states something (so a following split is safe).
@@ -349,7 +351,7 @@ ABBREVIATIONS: tuple[tuple[str, str], ...] = (
     (r"\bs/p\b|\bstatus-post\b", "status post"), (r"\bc/w\b", "consistent with"),
     (r"\br/o\b", "rule out"), (r"\bw/o\b", "without"), (r"\bw/(?!o\b)\s*", "with "),
     (r"\bh/o\b", "history of"), (r"\bf/u\b", "follow-up"), (r"\bb/l\b|\bbilat\b", "bilateral"),
-    (r"\bwnl\b", "within normal limits"), (r"\bnl\b", "normal"), (r"\bneg\b", "negative"),
+    (r"\bwnl\b", "within normal limits"), (r"\bnad\b", "no abnormality detected"), (r"\bnl\b", "normal"), (r"\bneg\b", "negative"),
     (r"\bvs\b\.?", "versus"), (r"\bapprox\b\.?", "approximately"), (r"\be\.g\.|\bi\.e\.", ""),
     (r"\basc\b\.?", "ascending"), (r"\bdesc\b\.?", "descending"), (r"\bcan't\b", "cannot"),
     (r"(?<![\w?])\?\s*(?=[a-z])", "possible "),

@@ -401,10 +401,12 @@ class RuleReportParser:
         return self.parse(findings, impression).as_dict()
 
 
+_NEUTRAL = L.FILLER_WORDS | L.NEUTRAL_WORDS
+
+
 def _neutral(word: str) -> bool:
     """A filler or neutral word, or the plural of one ("diameters")."""
-    vocab = L.FILLER_WORDS | L.NEUTRAL_WORDS
-    return word in vocab or (word.endswith("s") and word[:-1] in vocab)
+    return word in _NEUTRAL or (word.endswith("s") and word[:-1] in _NEUTRAL)
 
 
 def _append(parts: list[str], text: str, inherited: bool) -> None:
