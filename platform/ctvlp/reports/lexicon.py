@@ -15,6 +15,15 @@ the hedge; the spec's uncertainty policy labels uncertain anatomies. ``CONFIDENT
 ("likely", "consistent with") state the finding. ``PSEUDO_NEGATIONS`` and ``STABILITY`` look like
 negations or findings but are neither ("no change in the nodule", "heart size is unchanged"): they
 are removed before the segment's content is judged.
+
+Terse and US-style reports: abbreviations name anatomies and findings ("RLL", "GGO", "PTX", "CABG",
+"AVR", "TEVAR", "AAA", "GEJ"), post-operative states are findings of their organ ("esophagectomy",
+"gastric pull-through", "lobectomy", "stent graft"), and some words name an organ only by default
+("effusion" is pleural, "nodule" pulmonary, "aneurysm" aortic): ``CLAIMED_BY_CONTEXT`` lists the
+words of another organ that claim them in the same sentence. ``OTHER_STRUCTURES`` (lymph nodes,
+bones, devices...) stop a sub-section label from lending its anatomy, ``LANDMARKS`` make what
+follows a place rather than a subject, and ``COPULAS``, ``EXISTENCE_WORDS`` and
+``VERDICT_PREPOSITIONS`` shape how far a verdict reaches (:mod:`ctvlp.reports.assertion`).
 """
 
 from __future__ import annotations
@@ -344,34 +353,6 @@ PREDICATE_WORDS: frozenset[str] = frozenset({
     "found", "visualized", "evident",
 })
 
-
-# Abbreviations of terse reports, expanded before parsing (ctvlp.reports.normalise): regex
-# (case-insensitive, whole words) -> replacement. "?PE" and "? pneumothorax" are questions: hedges.
-ABBREVIATIONS: tuple[tuple[str, str], ...] = (
-    (r"\bs/p\b|\bstatus-post\b", "status post"), (r"\bc/w\b", "consistent with"),
-    (r"\br/o\b", "rule out"), (r"\bw/o\b", "without"), (r"\bw/(?!o\b)\s*", "with "),
-    (r"\bh/o\b", "history of"), (r"\bf/u\b", "follow-up"), (r"\bb/l\b|\bbilat\b", "bilateral"),
-    (r"\bwnl\b", "within normal limits"), (r"\bnad\b", "no abnormality detected"), (r"\bnl\b", "normal"), (r"\bneg\b", "negative"),
-    (r"\bvs\b\.?", "versus"), (r"\bapprox\b\.?", "approximately"), (r"\be\.g\.|\bi\.e\.", ""),
-    (r"\basc\b\.?", "ascending"), (r"\bdesc\b\.?", "descending"), (r"\bcan't\b", "cannot"),
-    (r"(?<![\w?])\?\s*(?=[a-z])", "possible "),
-)
-
-# Double negations read as what they state ("not without emphysema" = with emphysema).
-DOUBLE_NEGATIONS: tuple[tuple[str, str], ...] = (
-    (r"\bnot without\b", "with"), (r"\bnot free (?:of|from)\b", "with"), (r"\bnot absent\b", "present"),
-    (r"\bnot (?:entirely |completely |totally |quite )?(?:unremarkable|normal|clear)\b", "abnormal"),
-    (r"\bnot unlikely\b", "possible"),
-    # a coronary calcium (Agatston) score of zero is no calcification; any other score is some
-    (r"\b(?:coronary (?:artery )?)?(?:calcium|agatston)(?: calcium)? score(?: of| is| was|:|=)?\s*0\b(?![.,]\d)",
-     "no coronary calcification"),
-)
-
-# Adjectives whose "non-"/"non" form denies a finding ("non-dilated aorta" = "not dilated aorta");
-# other "non-" words keep their meaning as one word ("noncalcified nodule" is a nodule).
-NEGATABLE_ADJECTIVES: tuple[str, ...] = (
-    "dilated", "enlarged", "aneurysmal", "distended", "thickened", "obstructed", "obstructing",
-)
 
 # A term that means the lung only when the clause names no other lobed organ ("thyroid nodule in
 # the right lobe"): term -> words that claim it for something else.

@@ -11,10 +11,10 @@
   content word stays a break. A short label line ("AORTA:") is joined to the line it labels.
 - :func:`split_enumerations`: "1) Cardiomegaly 2) No effusion" or "1. ... 2. ..." on one line
   are separate items (a negation never reaches into the next one).
-- :func:`expand_abbreviations`: terse reports' shorthand (``lexicon.ABBREVIATIONS``: "s/p" ->
+- :func:`expand_abbreviations`: terse reports' shorthand (:data:`ABBREVIATIONS`: "s/p" ->
   "status post", "c/w", "r/o", "w/o", "WNL", "nl", "vs.", "?PE" -> "possible PE"), double
-  negations (``lexicon.DOUBLE_NEGATIONS``: "not without" -> "with"), "non-dilated" -> "not
-  dilated" (``lexicon.NEGATABLE_ADJECTIVES``) and hyphenated prefixes ("post-esophagectomy",
+  negations (:data:`DOUBLE_NEGATIONS`: "not without" -> "with"), "non-dilated" -> "not
+  dilated" (:data:`NEGATABLE_ADJECTIVES`) and hyphenated prefixes ("post-esophagectomy",
   "normal-caliber") split into words.
 - :func:`correct_typos`: a word of five letters or more that is one edit (insertion, deletion,
   substitution or transposition) from exactly one lexicon word, and is no lexicon word itself,
@@ -135,8 +135,36 @@ def split_enumerations(text: str) -> str:
     return _ENUMERATOR.sub("\n", text).lstrip("\n")
 
 
-_ABBREVIATIONS = [(re.compile(p, re.I), r) for p, r in L.ABBREVIATIONS + L.DOUBLE_NEGATIONS]
-_NON = re.compile(r"\bnon-?(" + "|".join(L.NEGATABLE_ADJECTIVES) + r")\b", re.I)
+# Abbreviations of terse reports, expanded before parsing regex
+# (case-insensitive, whole words) -> replacement. "?PE" and "? pneumothorax" are questions: hedges.
+ABBREVIATIONS: tuple[tuple[str, str], ...] = (
+    (r"\bs/p\b|\bstatus-post\b", "status post"), (r"\bc/w\b", "consistent with"),
+    (r"\br/o\b", "rule out"), (r"\bw/o\b", "without"), (r"\bw/(?!o\b)\s*", "with "),
+    (r"\bh/o\b", "history of"), (r"\bf/u\b", "follow-up"), (r"\bb/l\b|\bbilat\b", "bilateral"),
+    (r"\bwnl\b", "within normal limits"), (r"\bnad\b", "no abnormality detected"), (r"\bnl\b", "normal"), (r"\bneg\b", "negative"),
+    (r"\bvs\b\.?", "versus"), (r"\bapprox\b\.?", "approximately"), (r"\be\.g\.|\bi\.e\.", ""),
+    (r"\basc\b\.?", "ascending"), (r"\bdesc\b\.?", "descending"), (r"\bcan't\b", "cannot"),
+    (r"(?<![\w?])\?\s*(?=[a-z])", "possible "),
+)
+
+# Double negations read as what they state ("not without emphysema" = with emphysema).
+DOUBLE_NEGATIONS: tuple[tuple[str, str], ...] = (
+    (r"\bnot without\b", "with"), (r"\bnot free (?:of|from)\b", "with"), (r"\bnot absent\b", "present"),
+    (r"\bnot (?:entirely |completely |totally |quite )?(?:unremarkable|normal|clear)\b", "abnormal"),
+    (r"\bnot unlikely\b", "possible"),
+    # a coronary calcium (Agatston) score of zero is no calcification; any other score is some
+    (r"\b(?:coronary (?:artery )?)?(?:calcium|agatston)(?: calcium)? score(?: of| is| was|:|=)?\s*0\b(?![.,]\d)",
+     "no coronary calcification"),
+)
+
+# Adjectives whose "non-"/"non" form denies a finding ("non-dilated aorta" = "not dilated aorta");
+# other "non-" words keep their meaning as one word ("noncalcified nodule" is a nodule).
+NEGATABLE_ADJECTIVES: tuple[str, ...] = (
+    "dilated", "enlarged", "aneurysmal", "distended", "thickened", "obstructed", "obstructing",
+)
+
+_ABBREVIATIONS = [(re.compile(p, re.I), r) for p, r in ABBREVIATIONS + DOUBLE_NEGATIONS]
+_NON = re.compile(r"\bnon-?(" + "|".join(NEGATABLE_ADJECTIVES) + r")\b", re.I)
 _PREFIX = re.compile(r"\b(post|normal|well|status)-(?=[a-z])", re.I)
 
 

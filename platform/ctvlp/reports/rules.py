@@ -7,8 +7,8 @@ Pipeline, per report section (impression first, then findings, as fVLM concatena
    double negations ("s/p" -> "status post", "not without" -> "with"), correct one-edit typos;
 1. sentences: split on ``.!?`` followed by whitespace, and on newlines ("3.5 cm" stays whole). A
    line labelled with an anatomy ("AORTA: Normal caliber. Scattered calcified plaque.") lends its
-   label to its later sentences, and to unlabelled lines after it, that name no anatomy and no
-   other structure (``lexicon.OTHER_STRUCTURES``);
+   label to its later sentences that name no anatomy and no other structure
+   (``lexicon.OTHER_STRUCTURES``);
 2. clauses: hard split on ``; :`` and contrast words (but, however, whereas, although, except);
    soft split on commas, "and", "with", "without" only where the left part is already a
    statement (it has a predicate, a trigger or a finding word) and, for commas and "and", the
@@ -16,24 +16,18 @@ Pipeline, per report section (impression first, then findings, as fVLM concatena
    spleen is normal" and "Normal lungs, dilated aorta" split; "The liver and spleen are normal"
    and "normal in size, contour, and attenuation" do not;
 3. anatomies per clause from the lexicon (blockers masked, longest phrase first; a phrase may name
-   several anatomies, "cardiopulmonary"; "lobe" is no lung in a clause about the thyroid or liver,
-   ``lexicon.CLAIMED_BY_CONTEXT``); a clause that names none inherits the previous clause's
-   anatomies ("..., with a 2 cm cyst"); a bare subject ("Liver:") is merged into the clause that
-   follows it;
-4. assertion per comma segment of a clause (NegEx-style, :func:`RuleReportParser.segment_status`):
-   stability and pseudo-negation phrases are removed ("not appreciably changed", "unchanged");
-   a pre-negation negates the rest of its segment, a post-negation the segment before it; a
-   segment that still says something besides anatomy names, neutral words ("size", "shows")
-   and measurements is ``abnormal`` ("Thoracic aorta is calcified, not dilated"); a hedge
-   ("possible", "cannot be excluded") with no finding stated before it is ``uncertain``; a
-   segment with a negation or a stability statement and nothing else is ``normal``
-   ("Heart size is unchanged."). A list after a negated segment stays negated ("no nodule,
-   consolidation or effusion", "no mass, nodule or infiltration was detected"). A closing verdict
-   covers what it closes: a last segment that is only a normal verdict ("Pericardial thickness is
-   2 mm, normal", "Trace pericardial fluid, within physiologic limits", "..., resolved") makes the
-   clause normal, and one with a copula ("heart contour, size are normal") the bare list before it.
-   A measurement at or beyond its normal limit (:mod:`ctvlp.reports.measure`: aortic diameter,
-   cardiothoracic ratio, wall thickness; or the report's own reference range) is abnormal.
+   several anatomies, "cardiopulmonary"; a phrase that usually means one organ is claimed by
+   another the sentence names, ``lexicon.CLAIMED_BY_CONTEXT``: "effusion" is pleural but not in
+   "heart enlarged with a small effusion", "lobe" no lung in "thyroid nodule in the right lobe";
+   an anatomy after a landmark preposition is no subject, "lymph node adjacent to the aortic
+   arch"); a clause that names none inherits the previous clause's anatomies ("..., with a 2 cm
+   cyst"); a bare subject or label ("Liver:", "Lungs, heart and mediastinum:") is merged into the
+   clause that follows it;
+4. assertion of each clause (:mod:`ctvlp.reports.assertion`, NegEx-style, per comma segment):
+   negation scoped to what it governs ("Thoracic aorta is calcified, not dilated" is abnormal),
+   stability is no finding ("Heart size is unchanged." is normal), hedges are ``uncertain``,
+   closing verdicts and negated lists cover their items, and a measurement beyond its normal
+   limit (:mod:`ctvlp.reports.measure`) is abnormal.
 
 Output (decided, and matching fVLM's "impression-based" texts, shared/research/method.md 5.4):
 an anatomy is abnormal (1) if any clause about it is abnormal; otherwise, if a clause about it is
@@ -57,7 +51,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ctvlp.reports import lexicon as L
-from ctvlp.reports.measure import measured_abnormal, split_reference
+from ctvlp.reports.assertion import RANK, SOFT_SPLIT, Assertion
 from ctvlp.reports.normalise import normalise
 
 NORMAL_TEMPLATE = "{anatomy} shows no significant abnormalities."
@@ -67,12 +61,9 @@ _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _HARD_SPLIT = re.compile(
     r"\s*[;:]\s*|,?\s*\b(?:but|however|whereas|although|though|except|apart from|otherwise)\b,?\s*", re.I
 )
-_SOFT_SPLIT = re.compile(r",?\s+(?:and|with|without|while)\s+|,\s*", re.I)
 _WORD = re.compile(r"[a-z][a-z-]*", re.I)
 _STRIP_CHARS = re.compile(r"[\"'()\[\]{}]")
-_MEASURE = re.compile(r"(\d+(?:\.\d+)?)\s*(mm|cm)\b", re.I)
 _LABEL = re.compile(r"^\s*([A-Za-z][\w /&,-]{0,40}?)\s*:\s*(?=\S)")  # "AORTA: ..." at a line start
-_RANK = {"abnormal": 3, "uncertain": 2, "normal": 1, None: 0}
 
 
 @dataclass
@@ -130,14 +121,7 @@ class RuleReportParser:
                 names += [a] if a not in names else []
         self._terms = L.phrase_regex(list(self._term_to_anatomy))
         self._blockers = L.phrase_regex(L.BLOCKERS)
-        self._pre = L.phrase_regex(L.PRE_NEGATIONS)
-        self._post = L.phrase_regex(L.POST_NEGATIONS)
-        self._hedge_pre = L.phrase_regex(L.HEDGES_PRE)
-        self._hedge_post = L.phrase_regex(L.HEDGES_POST)
-        self._confident = L.phrase_regex(L.CONFIDENT)
-        self._negated_hedges = L.phrase_regex(L.NEGATED_HEDGES)
-        self._pseudo = L.phrase_regex(L.PSEUDO_NEGATIONS + L.STABILITY)
-        self._findings = L.phrase_regex(L.FINDING_TERMS)
+        self.assertion = Assertion(self._terms, self._blockers, self.mentions)
         self._others = L.phrase_regex(L.OTHER_STRUCTURES)
         self._landmark = L.phrase_regex(L.LANDMARKS)
 
@@ -163,135 +147,17 @@ class RuleReportParser:
         arch" nothing), else all it names."""
         m = self._landmark.search(clause)
         head = clause[: m.start()] if m else ""
-        if head and (self.mentions(head, context) or self._content_words(head)):
+        if head and (self.mentions(head, context) or self.assertion.content_words(head)):
             return self.mentions(head, context)
         return self.mentions(clause, context)
 
-    def _content_words(self, text: str) -> list[str]:
-        masked = self._terms.sub(" ", self._blockers.sub(" ", text))
-        return [w for w in _WORD.findall(masked.lower()) if not _neutral(w)]
-
-    def _says_something(self, text: str) -> bool:
-        """A finding term or a content word (not anatomy, filler, neutral) in ``text``."""
-        return bool(self._findings.search(text) or self._content_words(text))
-
-    def _is_statement(self, text: str) -> bool:
-        words = set(_WORD.findall(text.lower()))
-        return bool(
-            words & L.PREDICATE_WORDS
-            or self._pre.search(text) or self._post.search(text) or self._pseudo.search(text)
-            or self._hedge_pre.search(text) or self._hedge_post.search(text) or self._findings.search(text)
-        )
-
-    def _has_own_assertion(self, text: str) -> bool:
-        """A verb, trigger, degree word or measurement of its own: not the tail of a negated list."""
-        words = set(_WORD.findall(text.lower()))
-        return bool(words & (L.PREDICATE_WORDS | L.DEGREE_WORDS) or _MEASURE.search(text)
-                    or self._pre.search(text) or self._post.search(text)
-                    or self._hedge_pre.search(text) or self._hedge_post.search(text))
-
-    def _list_item(self, text: str) -> bool:
-        """An item of a list begun before it: no assertion of its own, or an "or"/"nor" item whose
-        only verb says the list exists ("no mass, nodule or infiltration was detected")."""
-        if not self._has_own_assertion(text):
-            return True
-        if not re.search(r"\b(?:or|nor)\b", text, re.I):
-            return False
-        rest = " ".join(w for w in _WORD.findall(text) if w.lower() not in L.EXISTENCE_WORDS)
-        return not self._has_own_assertion(rest)
-
-    def _continues_negated_list(self, left: str, right: str) -> bool:
-        # "no nodule, consolidation or emphysema": the negation covers every item of the list, so
-        # a right part with no verb or trigger of its own stays in the negated clause (NegEx scope).
-        if not self._pre.search(self._pseudo.sub(" ", left)):
-            return False
-        return self._list_item(right)
-
-    def _affirmed(self, text: str) -> str:
-        """The part of a segment no negation covers: before the first pre-negation (outside a
-        post-negation phrase such as "is not seen"), after the last post-negation before it."""
-        posts = list(self._post.finditer(text))
-        pre = next((m for m in self._pre.finditer(text) if not any(  # "not" inside "is not seen"
-            p.start() <= m.start() < p.end() and len(p.group()) >= len(m.group()) for p in posts)), None)
-        lead = _WORD.findall(text[: posts[0].start()].lower()) if posts else ["-"]
-        if all(w in L.FILLER_WORDS for w in lead) and (pre is None or posts[0].start() < pre.start()):
-            pre = posts[0]  # a verdict before its noun negates what follows ("resolved consolidation")
-        end = pre.start() if pre else len(text)
-        last = max((m for m in posts if m.end() <= end), key=lambda m: m.end(), default=None)
-        if last is None:
-            return text[:end]
-        rest = text[last.end() : end]
-        if self._qualifies_verdict(last.group(), rest):
-            return ""
-        return rest
-
-    def _qualifies_verdict(self, verdict: str, rest: str) -> bool:
-        """``rest`` only says in what respect the verdict holds: "normal in size and enhancement",
-        "normal for age", "normal caliber throughout", "normally distended"."""
-        words = _WORD.findall(rest.lower())
-        if not words or self._findings.search(rest) or set(words) & L.DEGREE_WORDS:
-            return False
-        return words[0] in L.VERDICT_PREPOSITIONS or (verdict.lower() == "normally" and len(words) == 1)
-
-    def _shared_verdict(self, left: str, rest: str) -> bool:
-        """``left`` is the first of a list of bare subjects that ``rest`` closes with one verdict:
-        "Pleural effusion[, pneumothorax and pericardial effusion were not observed]"."""
-        if self._has_own_assertion(left):
-            return False
-        first = next((t for t in _SOFT_SPLIT.split(rest) if self._has_own_assertion(t)), "")
-        return self._closing_verdict(first)
-
-    def _verdict_only(self, segment: str) -> bool:
-        """Only a normal verdict: "normal", "all within normal limits", "resolved"."""
-        rest = self._confident.sub(" ", self._post.sub(" ", segment))  # "likely physiologic"
-        return rest != segment and not [w for w in _WORD.findall(rest.lower()) if w not in L.FILLER_WORDS]
-
-    def _closing_verdict(self, segment: str) -> bool:
-        """A copula and a post-negation that ends the segment: "size are normal", "were not seen"."""
-        posts = list(self._post.finditer(segment))
-        if not posts or self._pre.search(self._pseudo.sub(" ", segment[: posts[0].start()])):
-            return False
-        head = set(_WORD.findall(segment[: posts[-1].end()].lower()))
-        return bool(head & L.COPULAS) and not self._says_something(segment[posts[-1].end() :])
-
     def segment_status(self, segment: str, anatomies: list[str] | None = None) -> str | None:
-        """"abnormal", "uncertain", "normal" or None for one comma segment (module doc, step 4)."""
-        if measured_abnormal(segment, anatomies or []):
-            return "abnormal"
-        text = self._negated_hedges.sub("no", split_reference(segment)[0])  # "(normal < 40 mm)" is no verdict
-        stated = bool(self._pseudo.search(text))
-        text = self._confident.sub(" ", self._pseudo.sub(" ", text))
-        if self._hedge_post.search(text):
-            return "uncertain"
-        hedge = self._hedge_pre.search(text)
-        if hedge:
-            return "abnormal" if self._says_something(self._affirmed(text[: hedge.start()])) else "uncertain"
-        affirmed = self._affirmed(text)
-        if self._says_something(affirmed):
-            return "abnormal"
-        return "normal" if (affirmed != text or stated) else None
+        """"abnormal", "uncertain", "normal" or None for one comma segment (:mod:`ctvlp.reports.assertion`)."""
+        return self.assertion.segment_status(segment, anatomies)
 
     def status(self, clause: str, anatomies: list[str] | None = None) -> str | None:
-        """A clause's assertion: the strongest of its comma segments' (abnormal > uncertain >
-        normal > None); the items of a negated list stay negated."""
-        segments = [s for s in clause.split(",") if s.strip()]
-        found: list[str | None] = []
-        negated = False
-        for seg in segments:
-            if negated and self._list_item(seg):
-                found.append("normal")
-            else:
-                found.append(self.segment_status(seg, anatomies))
-                negated = bool(self._pre.search(self._pseudo.sub(" ", seg)))
-        if len(segments) > 1 and self._verdict_only(segments[-1]):
-            return "normal"  # "Pericardial thickness is 2 mm, normal."
-        if len(segments) > 1 and self._closing_verdict(segments[-1]):
-            # "Mediastinal structures, heart contour, size are normal": the verdict's bare subjects;
-            # after "the lungs are clear" (its own subject) only items that say nothing
-            own_subject = bool(self.mentions(segments[-1]))
-            found = [st if self._has_own_assertion(seg) or (own_subject and self._content_words(seg)) else "normal"
-                     for seg, st in zip(segments, found)]
-        return max(found, key=_RANK.__getitem__, default=None)
+        """A clause's assertion, the strongest of its comma segments' (:mod:`ctvlp.reports.assertion`)."""
+        return self.assertion.status(clause, anatomies)
 
     def polarity(self, clause: str) -> bool | None:
         """True = abnormal or uncertain, False = normal statement, None = no assertion."""
@@ -307,10 +173,10 @@ class RuleReportParser:
             piece = piece.strip(" ,.")
             if not piece:
                 continue
-            if sep.strip() == ":" and not self._has_own_assertion(piece) and not self._findings.search(piece):
+            if sep.strip() == ":" and not self.assertion.has_own_assertion(piece) and not self.assertion.findings.search(piece):
                 out.append(piece + ":")  # a label ("Lungs, heart and mediastinum:") for what follows
                 continue
-            cuts = list(_SOFT_SPLIT.finditer(piece))
+            cuts = list(SOFT_SPLIT.finditer(piece))
             bounds = [0] + [c.start() for c in cuts] + [len(piece)]
             start = 0
             for i, m in enumerate(cuts):
@@ -319,11 +185,11 @@ class RuleReportParser:
                 joiner = m.group().strip(" ,").lower()
                 needs_anatomy = joiner in ("", "and")
                 right_ok = not needs_anatomy or bool(
-                    self.mentions(right) and (self._is_statement(right) or self._says_something(right)))
-                if needs_anatomy and (self._continues_negated_list(left, right)
-                                      or self._shared_verdict(left, piece[m.start() :])):
+                    self.mentions(right) and (self.assertion.is_statement(right) or self.assertion.says_something(right)))
+                if needs_anatomy and (self.assertion.continues_negated_list(left, right)
+                                      or self.assertion.shared_verdict(left, piece[m.start() :])):
                     right_ok = False
-                if self._is_statement(left) and right_ok:
+                if self.assertion.is_statement(left) and right_ok:
                     out.append(left.strip(" ,"))
                     keep = joiner in ("with", "without", "while")  # "without" carries the negation
                     start = m.start() + (1 if m.group().startswith(",") else 0) if keep else m.end()
@@ -343,7 +209,7 @@ class RuleReportParser:
                 raw = raw.rstrip(":")
                 names = self.subjects(raw, context)
                 st = self.status(raw, names or prev)
-                if names and (label or (st is None and not self._is_statement(raw))):
+                if names and (label or (st is None and not self.assertion.is_statement(raw))):
                     pending = raw  # bare subject: merge into the next clause
                     continue
                 inherited = not names
@@ -363,7 +229,7 @@ class RuleReportParser:
         out: list[tuple[str, str]] = []
         for line in _STRIP_CHARS.sub("", text or "").splitlines():
             m = _LABEL.match(line)
-            label = m.group(1) if m and self.mentions(m.group(1)) and not self._is_statement(m.group(1)) else ""
+            label = m.group(1) if m and self.mentions(m.group(1)) and not self.assertion.is_statement(m.group(1)) else ""
             for i, sentence in enumerate(s for s in _SENTENCE_SPLIT.split(line) if s.strip()):
                 if label and i > 0 and not (self.mentions(sentence) or self._others.search(sentence)
                                             or self._blockers.search(sentence)):
@@ -384,7 +250,7 @@ class RuleReportParser:
                         continue
                     if name not in mentioned:
                         mentioned.append(name)
-                    status[name] = max(status[name], clause.status, key=_RANK.__getitem__)
+                    status[name] = max(status[name], clause.status, key=RANK.__getitem__)
                     _append(texts[name], clause.text, clause.inherited)
         out_texts, labels = {}, {}
         for name in self.anatomies:
@@ -399,14 +265,6 @@ class RuleReportParser:
     def __call__(self, findings: str | None, impression: str | None) -> dict[str, tuple[str, int]]:
         """``{anatomy: (text, label)}`` for every anatomy of the parser, in its order."""
         return self.parse(findings, impression).as_dict()
-
-
-_NEUTRAL = L.FILLER_WORDS | L.NEUTRAL_WORDS
-
-
-def _neutral(word: str) -> bool:
-    """A filler or neutral word, or the plural of one ("diameters")."""
-    return word in _NEUTRAL or (word.endswith("s") and word[:-1] in _NEUTRAL)
 
 
 def _append(parts: list[str], text: str, inherited: bool) -> None:
