@@ -34,6 +34,7 @@ _WORD = re.compile(r"[a-z][a-z-]*", re.I)
 _MEASURE = re.compile(r"(\d+(?:\.\d+)?)\s*(mm|cm)\b", re.I)
 # Where a clause's items and statements part ("X, Y and Z", "X with Y"): ctvlp.reports.rules splits there.
 SOFT_SPLIT = re.compile(r",?\s+(?:and|with|without|while)\s+|,\s*", re.I)
+_CONJUNCTION = re.compile(r"\s(?:and|with|plus)\s", re.I)
 RANK = {"abnormal": 3, "uncertain": 2, "normal": 1, None: 0}
 _NEUTRAL = L.FILLER_WORDS | L.NEUTRAL_WORDS
 
@@ -111,7 +112,10 @@ class Assertion:
             p.start() <= m.start() < p.end() and len(p.group()) >= len(m.group()) for p in posts)), None)
         lead = _WORD.findall(text[: posts[0].start()].lower()) if posts else ["-"]
         if all(w in L.FILLER_WORDS for w in lead) and (pre is None or posts[0].start() < pre.start()):
-            pre = posts[0]  # a verdict before its noun negates what follows ("resolved consolidation")
+            # a verdict before its noun negates what follows ("resolved consolidation"), up to a
+            # conjunction ("normal caliber aorta and mild plaque")
+            conj = _CONJUNCTION.search(text, posts[0].end())
+            return self._affirmed(text[conj.end() :]) if conj else ""
         end = pre.start() if pre else len(text)
         last = max((m for m in posts if m.end() <= end), key=lambda m: m.end(), default=None)
         if last is None:
@@ -185,6 +189,6 @@ class Assertion:
             # "Mediastinal structures, heart contour, size are normal": the verdict's bare subjects;
             # after "the lungs are clear" (its own subject) only items that say nothing
             own_subject = bool(self._mentions(segments[-1]))
-            found = [st if self.has_own_assertion(seg) or (own_subject and self.content_words(seg)) else "normal"
+            found = [st if self.has_own_assertion(seg) or (own_subject and self.says_something(seg)) else "normal"
                      for seg, st in zip(segments, found)]
         return max(found, key=RANK.__getitem__, default=None)
