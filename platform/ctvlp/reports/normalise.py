@@ -3,7 +3,9 @@
 - :func:`report_sections`: a report pasted whole ("INDICATION: ? pneumothorax\\nFINDINGS: ...")
   keeps only its findings and impression (plus any text before the first header, except an
   all-capitals title line such as "CT ANGIOGRAPHY CHEST FOR DISSECTION"); indication, history,
-  technique and comparison lines mention anatomies that the scan need not show. A header starts a
+  technique and comparison lines mention anatomies that the scan need not show. In a report
+  without a findings or impression header, such a section is its one line, and the lines after
+  it are the findings ("INDICATION: ? PE\\nLungs clear."). A header starts a
   line ("IMPRESSION:", "Indication/History:") or, followed by a colon, a sentence
   ("... no effusion. IMPRESSION: ...").
 - :func:`join_line_wraps`: a line break inside a sentence ("There is moderate\\ncardiomegaly.")
@@ -54,11 +56,22 @@ def report_sections(text: str) -> str:
         return text
     preamble = [ln for ln in text[: heads[0].start()].splitlines() if not _TITLE.match(ln.strip())]
     keep = ["\n".join(preamble)]
+    unheaded = not any(_is_report_section(m.group("name")) for m in heads)
     for i, m in enumerate(heads):
         end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
         if _is_report_section(m.group("name")):
             keep.append(text[m.end() : end])
+        elif unheaded:  # "INDICATION: ? PE\nLungs clear.": the findings follow the indication's line
+            keep.append(_after_first_line(text[m.end() : end]))
     return "\n".join(k.strip() for k in keep if k.strip())
+
+
+def _after_first_line(body: str) -> str:
+    """``body`` without its first non-empty line (the content of a one-line section)."""
+    lines = body.lstrip(" \t").split("\n")
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    return "\n".join(lines[1:])
 
 
 def _is_report_section(name: str) -> bool:

@@ -67,6 +67,9 @@ SECTIONS = [
     ("FINDINGS/IMPRESSION: Cardiomegaly.", "Cardiomegaly."),
     # an all-capitals title before the first header is no finding
     ("CT ANGIOGRAPHY CHEST FOR AORTIC DISSECTION\nFINDINGS: Normal aorta.", "Normal aorta."),
+    # no findings header: an indication is its line, the lines after it are the findings
+    ("INDICATION: ? pneumothorax\nLungs clear.\nNo effusion.", "Lungs clear.\nNo effusion."),
+    ("TECHNIQUE:\nAxial images.\nLungs clear.", "Lungs clear."),
     # no header: all of it
     ("Lungs clear. History of CABG.", "Lungs clear. History of CABG."),
     # a word that is a header name inside a sentence is no header
