@@ -11,6 +11,9 @@ says something besides anatomy names, neutral words ("size", "shows") and measur
 ``abnormal`` ("Thoracic aorta is calcified, not dilated"); a hedge ("possible", "cannot be
 excluded", "is questionable") with no finding stated before it is ``uncertain``; a segment with a
 negation or a stability statement and nothing else is ``normal`` ("Heart size is unchanged.").
+A post-operative state (``lexicon.POSTOPERATIVE``: "CABG", "esophagectomy", "stent graft") is
+abnormal whatever verdict goes with it ("gastric conduit, unremarkable": LABELS.md counts
+post-operative findings as present).
 
 Per clause (:meth:`Assertion.status`, the strongest of its segments): a list after a negated
 segment stays negated ("no nodule, consolidation or effusion", "no mass, nodule or infiltration
@@ -63,6 +66,7 @@ class Assertion:
         self._negated_hedges = L.phrase_regex(L.NEGATED_HEDGES)
         self.pseudo = L.phrase_regex(L.PSEUDO_NEGATIONS + L.STABILITY)
         self.findings = L.phrase_regex(L.FINDING_TERMS)
+        self._postoperative = L.phrase_regex(L.POSTOPERATIVE)
 
     def content_words(self, text: str) -> list[str]:
         masked = self._terms.sub(" ", self._blockers.sub(" ", text))
@@ -155,8 +159,8 @@ class Assertion:
         return bool(head & L.COPULAS) and not self.says_something(segment[posts[-1].end() :])
 
     def segment_status(self, segment: str, anatomies: list[str] | None = None) -> str | None:
-        """"abnormal", "uncertain", "normal" or None for one comma segment (module doc, step 4)."""
-        if measured_abnormal(segment, anatomies or []):
+        """"abnormal", "uncertain", "normal" or None for one comma segment (see the module doc)."""
+        if measured_abnormal(segment, anatomies or []) or self._postoperative.search(segment):
             return "abnormal"
         text = self._negated_hedges.sub("no", split_reference(segment)[0])  # "(normal < 40 mm)" is no verdict
         stated = bool(self.pseudo.search(text))
@@ -183,6 +187,8 @@ class Assertion:
             else:
                 found.append(self.segment_status(seg, anatomies))
                 negated = bool(self.pre.search(self.pseudo.sub(" ", seg)))
+        if self._postoperative.search(clause):
+            return "abnormal"  # "Esophagogastric anastomosis, unremarkable": the operation stays
         if len(segments) > 1 and self._verdict_only(segments[-1]):
             return "normal"  # "Pericardial thickness is 2 mm, normal."
         if len(segments) > 1 and self._closing_verdict(segments[-1]):

@@ -60,7 +60,8 @@ ANATOMY_TERMS: dict[str, tuple[str, ...]] = {
         # pericardium or heart (CLAIMED_BY_CONTEXT)
         "effusion", "effusions",
         # post-operative lung
-        "wedge resection", "segmentectomy", "cardiopulmonary",
+        "wedge resection", "segmentectomy", "bilobectomy", "pleurodesis", "decortication",
+        "cardiopulmonary", "uip", "nsip", "pna", "atx",
     ),
     "heart": (
         "heart", "cardiac", "cardiomegaly", "pericardial", "pericardium", "coronary", "myocardial",
@@ -68,7 +69,7 @@ ANATOMY_TERMS: dict[str, tuple[str, ...]] = {
         "cardiothoracic ratio", "cardiothoracic index", "cardiomediastinal", "ctr", "lv", "rv", "la", "ra", "lvh",
         "aortic valve", "mitral", "mitral valve", "tricuspid", "tricuspid valve", "pulmonic valve",
         "pulmonary valve", "cardiac valve", "valvular", "epicardial", "cardiomyopathy", "pericarditis",
-        "biventricular", "biatrial", "chf", "laa", "mechanical valve", "bioprosthetic valve", "valvuloplasty",
+        "biventricular", "biatrial", "chf", "laa", "pci", "mitraclip", "pericardial window", "mechanical valve", "bioprosthetic valve", "valvuloplasty",
         "annuloplasty", "valve repair",
         "pericardial effusion", "pericardial effusions", "aortic stenosis", "aortic regurgitation",
         "aortic insufficiency", "aortic sclerosis", "aortic annulus", "agatston",
@@ -90,6 +91,7 @@ ANATOMY_TERMS: dict[str, tuple[str, ...]] = {
         # post-operative esophagus: resection, the gastric conduit, anti-reflux surgery
         "esophagogastrectomy", "oesophagogastrectomy", "ivor lewis", "gastric pull-through",
         "gastric pull-up", "gastric conduit", "fundoplication", "barrett", "barretts", "hh",
+        "esophagogastric anastomosis", "esophagogastrostomy", "esophagojejunostomy",
     ),
     "aorta": (
         "aorta", "aortic", "aortas", "aort", "ao", "arterial wall calcification",
@@ -97,7 +99,7 @@ ANATOMY_TERMS: dict[str, tuple[str, ...]] = {
         "intramural haematoma", "penetrating atherosclerotic ulcer", "intimal flap", "dissection flap",
         "type a dissection", "type b dissection",
         # post-operative aorta: endovascular and open repair
-        "tevar", "evar", "endograft", "stent graft", "stent-graft", "bentall",
+        "tevar", "evar", "endograft", "stent graft", "stent-graft", "bentall", "elephant trunk",
         # an aneurysm or dissection without a vessel is aortic in a chest report (CLAIMED_BY_CONTEXT)
         "aneurysm", "aneurysms", "aneurysmal", "dissection", "dissections",
     ),
@@ -160,7 +162,9 @@ FINDING_TERMS: frozenset[str] = frozenset({
     "bronchogram", "bronchograms", "air bronchograms", "cavitary", "cavitation", "mucus plugging",
     "mucous plugging", "mucus plug", "mucus plugs", "mucoid impaction", "hyperinflation",
     "hyperinflated", "hyperexpanded", "hyperlucent", "bleb", "blebs", "pneumatocele", "chf",
-    "barrett", "barretts", "hh", "aneurysm", "aneurysms", "aneurysmal", "dissection", "dissections",
+    "barrett", "barretts", "hh", "bilobectomy", "pleurodesis", "decortication", "uip", "nsip",
+    "pna", "atx", "pci", "mitraclip", "pericardial window", "esophagogastric anastomosis",
+    "esophagogastrostomy", "esophagojejunostomy", "elephant trunk", "aneurysm", "aneurysms", "aneurysmal", "dissection", "dissections",
     "valvuloplasty", "annuloplasty", "mechanical valve", "bioprosthetic valve", "valve repair",
     "effusion", "effusions", "pericardial effusion", "pericardial effusions", "aortic stenosis",
     "aortic regurgitation", "aortic insufficiency", "aortic sclerosis",
@@ -178,6 +182,19 @@ FINDING_TERMS: frozenset[str] = frozenset({
     "penetrating atherosclerotic ulcer", "intimal flap", "dissection flap", "type a dissection",
     "type b dissection", "tevar", "evar", "endograft", "stent graft", "stent-graft",
 })
+
+# Post-operative states: findings of their organ however they are described ("the gastric conduit
+# is unremarkable" still reports an esophagectomy; LABELS.md: postoperative findings are present).
+POSTOPERATIVE: tuple[str, ...] = (
+    "cabg", "coronary artery bypass", "coronary bypass", "avr", "tavr", "tavi", "mvr", "valve replacement",
+    "valve prosthesis", "prosthetic valve", "mechanical valve", "bioprosthetic valve", "valvuloplasty",
+    "annuloplasty", "valve repair", "bentall", "mitraclip", "pci", "pericardial window", "esophagectomy",
+    "oesophagectomy", "esophagogastrectomy", "oesophagogastrectomy", "ivor lewis", "gastric pull-through",
+    "gastric pull-up", "gastric conduit", "fundoplication", "esophagogastric anastomosis",
+    "esophagogastrostomy", "esophagojejunostomy", "lobectomy", "bilobectomy", "pneumonectomy",
+    "segmentectomy", "wedge resection", "pleurodesis", "decortication", "tevar", "evar", "endograft",
+    "stent graft", "stent-graft", "elephant trunk",
+)
 
 PRE_NEGATIONS: tuple[str, ...] = (
     "no evidence of", "no evidence for", "no signs of", "no sign of", "negative for",
@@ -280,7 +297,7 @@ FILLER_WORDS: frozenset[str] = frozenset({
     "in", "on", "at", "main", "upper", "lower", "middle", "visualized", "imaged", "partially",
     "included", "sections", "structures", "its", "their", "also", "as", "well", "to", "be",
     "is", "are", "was", "were", "with", "which", "it", "all", "each", "some", "they", "them",
-    "being", "been", "who", "whose",
+    "being", "been", "who", "whose", "r", "l", "rt", "lt",
 })
 
 # Words that describe without asserting a finding: measured properties, locations, devices and
@@ -380,6 +397,9 @@ CLAIMED_BY_CONTEXT: dict[str, tuple[str, ...]] = {
     **{t: _NOT_LUNG for t in ("nodule", "nodules", "micronodule", "micronodules", "opacity", "opacities",
                              "infiltrate", "infiltrates")},
     **{t: ("trachea", "tracheal", "larynx", "laryngeal", "pharynx", "upper") for t in ("airway", "airways")},
+    # LAD is also lymphadenopathy ("no mediastinal LAD")
+    "lad": ("mediastinal", "hilar", "axillary", "lymph", "supraclavicular", "subcarinal", "paratracheal",
+            "cervical", "bulky", "pathologic", "lymphadenopathy", "adenopathy"),
     **{t: _NOT_LUNG for t in ("granuloma", "granulomas", "scarring", "scar", "scars", "fibrosis", "fibrotic",
                              "cavitary", "cavitation")},
     **{t: _CARDIAC + _OTHER_VESSELS for t in ("aneurysm", "aneurysms", "aneurysmal", "dissection", "dissections")},

@@ -154,7 +154,8 @@ ABBREVIATIONS: tuple[tuple[str, str], ...] = (
     (r"\bs/p\b|\bstatus-post\b", "status post"), (r"\bc/w\b", "consistent with"),
     (r"\br/o\b", "rule out"), (r"\bw/o\b", "without"), (r"\bw/(?!o\b)\s*", "with "),
     (r"\bh/o\b", "history of"), (r"\bf/u\b", "follow-up"), (r"\bb/l\b|\bbilat\b", "bilateral"),
-    (r"\bwnl\b", "within normal limits"), (r"\bnad\b", "no abnormality detected"), (r"\bnl\b", "normal"), (r"\bneg\b", "negative"),
+    (r"\bwnl\b", "within normal limits"), (r"\bnad\b", "no abnormality detected"), (r"\bnml\b", "normal"),
+    (r"\bunrem\b", "unremarkable"), (r"\babnl\b", "abnormal"), (r"\bnl\b", "normal"), (r"\bneg\b", "negative"),
     (r"\bvs\b\.?", "versus"), (r"\bapprox\b\.?", "approximately"), (r"\be\.g\.|\bi\.e\.", ""),
     (r"\basc\b\.?", "ascending"), (r"\bdesc\b\.?", "descending"), (r"\bcan't\b", "cannot"),
     (r"(?<![\w?])\?\s*(?=[a-z])", "possible "),
@@ -165,6 +166,7 @@ DOUBLE_NEGATIONS: tuple[tuple[str, str], ...] = (
     (r"\bnot without\b", "with"), (r"\bnot free (?:of|from)\b", "with"), (r"\bnot absent\b", "present"),
     (r"\bnot (?:entirely |completely |totally |quite )?(?:unremarkable|normal|clear)\b", "abnormal"),
     (r"\bnot unlikely\b", "possible"),
+    (r"\bnot inconsistent with\b", "consistent with"), (r"\bnot (?:devoid of|lacking)\b", "with"),
     # a coronary calcium (Agatston) score of zero is no calcification; any other score is some
     (r"\b(?:coronary (?:artery )?)?(?:calcium|agatston)(?: calcium)? score(?: of| is| was|:|=)?\s*0\b(?![.,]\d)",
      "no coronary calcification"),

@@ -24,6 +24,8 @@ ABBREVIATIONS = [
     ("CT w/contrast.", "CT with contrast."),
     ("Heart size WNL.", "Heart size within normal limits."),
     ("Heart: nl size.", "Heart: normal size."),
+    ("Heart: nml. Esophagus: unrem.", "Heart: normal. Esophagus: unremarkable."),
+    ("Findings not inconsistent with pneumonia.", "Findings consistent with pneumonia."),
     ("Atelectasis vs. pneumonia.", "Atelectasis versus pneumonia."),
     ("Asc aorta 4.1 cm, desc aorta 2.5 cm.", "ascending aorta 4.1 cm, descending aorta 2.5 cm."),
     ("Bilat effusions, b/l atelectasis.", "bilateral effusions, bilateral atelectasis."),

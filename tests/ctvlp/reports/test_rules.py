@@ -167,13 +167,6 @@ ISSUE21 = [
 ]
 
 
-@pytest.mark.parametrize("report,expected", ISSUE21)
-def test_issue21_cases(report, expected):
-    out = parse_report(report, None, list(CHEST))
-    for name in CHEST:
-        assert out[name][1] == expected.get(name, 0), (name, out[name])
-
-
 HEDGED = ["Possible small left pleural effusion.", "A small pleural effusion cannot be excluded.",
           "Findings suspicious for early interstitial lung disease.", "Questionable pleural effusion."]
 
@@ -248,6 +241,11 @@ US_STYLE = [
     ("Wedge resection staple line in the left upper lobe.", {"lung": 1}),
     ("Status post aortic valve replacement and ascending aortic graft.", {"heart": 1, "aorta": 1}),
     ("Median sternotomy wires are intact.", {}),
+    ("Esophagogastric anastomosis in the right upper chest, unremarkable.", {"esophagus": 1}),
+    ("The gastric conduit is unremarkable.", {"esophagus": 1}),
+    ("s/p talc pleurodesis on the right.", {"lung": 1}),
+    ("s/p PCI with LAD stent.", {"heart": 1}),
+    ("No mediastinal LAD.", {}),  # LAD: lymphadenopathy here, not the coronary artery
     ("AICD with leads in the RA and RV.", {"heart": 0}),
     # measurements, limits and stated reference ranges
     ("Ascending aorta 4.3 cm.", {"aorta": 1}),
@@ -319,8 +317,8 @@ US_STYLE = [
 ]
 
 
-@pytest.mark.parametrize("report,expected", US_STYLE)
-def test_us_style_reports(report, expected):
+@pytest.mark.parametrize("report,expected", ISSUE21 + US_STYLE)
+def test_issue21_cases(report, expected):
     out = parse_report(report, None, list(CHEST))
     for name in CHEST:
         assert out[name][1] == expected.get(name, 0), (name, out[name])
