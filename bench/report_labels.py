@@ -70,7 +70,10 @@ def markdown(results: dict) -> str:
              "sets. Both were committed and scored with the parser as it stood (`before-independent`, "
              "commit 0482bad) before any change made after reading them; the parser was then tuned "
              "on `independent_tune`'s misses only; `independent_heldout` stayed sealed (its "
-             "aggregate figures were read, not its items) until the parser work was finished.", ""]
+             "aggregate figures were read, not its items) until the parser work was finished. "
+             "`after-independent` is that parser on the sets tuned on (dev and independent_tune; no "
+             "independent_tune label was changed); the held-out sets are scored by whoever holds them "
+             "(`--heldout`).", ""]
     lines += ["| run | set | items | policy | anatomy | recall (n) | specificity (n) "
               "| false abnormal on unmentioned (n) |",
               "|---|---|---|---|---|---|---|---|"]
