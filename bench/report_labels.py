@@ -45,7 +45,8 @@ def run(tag: str, heldout: bool, policy: str) -> dict:
     sets = {"dev": LABELLED / "dev.tsv", "independent_tune": LABELLED / "independent_tune.tsv"}
     if heldout:
         sets |= {"heldout": LABELLED / "heldout.tsv",
-                 "independent_heldout": LABELLED / "independent_heldout.tsv"}
+                 "independent_heldout": LABELLED / "independent_heldout.tsv",
+                 "independent_heldout2": LABELLED / "independent_heldout2.tsv"}
     out = {"policy": policy}
     for name, path in sets.items():
         rows = read_labelled(path)
@@ -78,7 +79,7 @@ def markdown(results: dict) -> str:
               "| false abnormal on unmentioned (n) |",
               "|---|---|---|---|---|---|---|---|"]
     for tag, res in results.items():
-        for name in ("dev", "heldout", "independent_tune", "independent_heldout"):
+        for name in ("dev", "heldout", "independent_tune", "independent_heldout", "independent_heldout2"):
             if name not in res:
                 continue
             for a, s in res[name]["per_anatomy"].items():
