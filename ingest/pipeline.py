@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from ctvlp.transforms.study import StudyConfig
 from ingest import manifest as mf
 from ingest import quarantine, shards
 from ingest.process import StageConfig, process_records
@@ -70,13 +71,10 @@ class IngestConfig:
         d, ing = spec.data, spec.ingest
         if not d.source_uri or not d.shards_uri:
             raise ValueError("data.source_uri and data.shards_uri must be set for ingest")
-        stage = StageConfig(
-            grouping=d.grouping_table, spacing=tuple(d.spacing), hu_window=tuple(d.hu_window),
-            crop_margin=tuple(d.crop_margin), min_size=tuple(d.min_size), codec=ing.codec,
-            codec_level=ing.codec_level, repair_headers=ing.repair_headers,
+        stage = StageConfig(  # the grid and checks exactly as ctvlp.predict reads them from a spec
+            **StudyConfig.from_spec(spec).as_kwargs(), codec=ing.codec, codec_level=ing.codec_level,
             text_name_or_path=spec.model.text.name_or_path, max_length=spec.model.text.max_length,
             storage=storage_from_spec(spec), reports=ReportConfig.from_spec(ing),
-            min_slices=ing.min_slices, min_extent_mm=tuple(ing.min_extent_mm), max_oblique_deg=ing.max_oblique_deg,
         )
         return cls(
             source_uri=d.source_uri, shards_uri=d.shards_uri, stage=stage,
