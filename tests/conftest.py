@@ -123,3 +123,20 @@ def ray_session(s3_server):
 def _repo_on_path():
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
+
+
+@pytest.fixture(scope="session")
+def case(tmp_path_factory):
+    """A tiny synthetic corpus ingested in-process, its shard and a phase-4 debug export
+    (``tests/ctvlp/predict/case.py``): the predictor's, its CLI's and the demo's tests share it."""
+    from tests.ctvlp.predict.case import build_case
+
+    return build_case(tmp_path_factory.mktemp("predict_case"))
+
+
+@pytest.fixture(scope="session")
+def job_outputs(case):
+    """The evaluation job's per-study outputs for ``case``'s studies (its Ray Data callable, in-process)."""
+    from tests.ctvlp.predict.case import evaluate_like_the_job
+
+    return evaluate_like_the_job(case)

@@ -135,7 +135,7 @@ def render_card(config: dict, meta: dict, evaluation: dict) -> str:
         _method(config, meta), _data(data), _evaluation(evaluation), _use(config, evaluation),
         _limitations(), _provenance(config, meta),
         "## Spec\n\nThe settable job spec this model was trained with (`config.json` holds the same):\n\n"
-        "```yaml\n" + yaml.safe_dump(spec, sort_keys=False, width=100) + "```",
+        "```yaml\n" + yaml.safe_dump(spec, sort_keys=False, width=100, default_flow_style=None) + "```",
     ]
     return "\n\n".join(sections) + "\n"
 
@@ -157,10 +157,11 @@ def _data(data: dict) -> str:
         return "## Data\n\nNot recorded (an export written outside the training runner)."
     splits = ", ".join(f"{s} {n}" for s, n in sorted(data.get("studies_per_split", {}).items())) or "unknown"
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(data.get("quarantine_reasons", {}).items())) or "none"
+    quarantined = "unknown" if data.get("num_quarantined") is None else f"{data['num_quarantined']} ({reasons})"
     weights = "\n".join(f"- {w}" for w in data.get("weights_used", []))
     return ("## Data\n\n"
             f"- source: {data.get('source')}\n- data licence: {data.get('licence')}\n"
-            f"- studies per split (ingest index): {splits}; quarantined {data.get('num_quarantined')} ({reasons})\n"
+            f"- studies per split (ingest index): {splits}; quarantined {quarantined}\n"
             f"- preset `{data.get('preset')}`: spacing {data.get('spacing_dhw_mm')} mm (D, H, W), "
             f"HU window {data.get('hu_window')}\n"
             f"- grouping `{data.get('grouping')}`, M = {len(data.get('anatomies', []))}: {', '.join(data.get('anatomies', []))}\n"
