@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from ctvlp.tracking import eta_line
 from ctvlp.transforms.study import StudyConfig
 from ingest import manifest as mf
 from ingest import quarantine, shards
@@ -271,14 +272,15 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[st
     per_wave = cfg.groups_per_wave or max(1, 2 * int(ray.cluster_resources().get("CPU", 1)))
     results = []
     waves = _waves(names, per_wave)
+    t_waves, done = time.perf_counter(), 0
     for i, wave in enumerate(waves):
         tw = time.perf_counter()
         frame = pending[pending.shard.isin(wave)]
         res = _run_wave(frame, cfg)
         results.append(res)
-        dt = time.perf_counter() - tw
-        log(f"[ingest] wave {i + 1}/{len(waves)}: {len(frame)} studies in {len(wave)} groups, "
-            f"{dt:.1f} s ({len(frame) / max(dt, 1e-9):.2f} studies/s)")
+        now, done = time.perf_counter(), done + len(frame)
+        log(f"{eta_line('ingest', done, len(pending), now - t_waves, 'studies')} | wave {i + 1}/{len(waves)}: "
+            f"{len(frame)} studies in {len(wave)} groups, {now - tw:.1f} s")
     res = pd.concat(results, ignore_index=True) if results else pd.DataFrame(
         columns=["study_id", "status", "seconds", "timings", "write_s"])
     stats = {
@@ -297,4 +299,7 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[st
     for stage, sec in stats["stage_seconds"].items():
         rate = stats["num_decoded"] / sec if sec > 0 else float("inf")
         log(f"[ingest]   stage {stage:<9} {sec:8.2f} s total  {rate:8.2f} studies/s per core")
+    root = cfg.shards_uri
+    log(f"[ingest] outputs under {root}: shards {join(root, 'data')}, {join(root, 'index.json')}, "
+        f"{join(root, 'summary.md')} (counts, reasons), {join(root, 'quarantine.parquet')} (one row per bad input)")
     return stats

@@ -37,7 +37,7 @@ from ctvlp.eval.report import write_report  # noqa: E402
 from ctvlp.eval.tables import auc_with_ci, summary_line  # noqa: E402
 from ingest.storage import Storage, is_s3, join  # noqa: E402
 from jobs import common  # noqa: E402
-from jobs.data import storage_of, train_shard_uris  # noqa: E402
+from jobs.data import count_rows, storage_of, train_shard_uris  # noqa: E402
 
 READ_COLUMNS = ["study_id", "split", "shape", "spacing", "image", "mask", "codec", "boxes", "voxel_counts",
                 "texts", "abnormal", "input_ids", "disease_labels", "meta"]
@@ -147,7 +147,8 @@ def infer_splits(spec: Any, model_uri: str, splits: list[str], activation_sample
         concurrency=res.num_workers, num_cpus=res.cpus_per_worker,
         num_gpus=res.gpus_per_worker if res.use_gpu else 0,
     )
-    parts = list(ds.iter_batches(batch_size=256, batch_format="numpy"))
+    parts = progress_batches(ds.iter_batches(batch_size=spec.eval.batch_size, batch_format="numpy"),
+                             count_rows(spec, uris), f"evaluate {'+'.join(splits)}")
     if not parts:
         raise ValueError(f"splits {splits} have committed shards but no rows")
     ids = np.concatenate([p["study_id"] for p in parts]).astype(str)
@@ -161,6 +162,23 @@ def infer_splits(spec: Any, model_uri: str, splits: list[str], activation_sample
             raise ValueError(f"split {split!r} has committed shards but no rows")
         out[split] = SplitOutputs(ids[rows].tolist(), {k: v[rows] for k, v in arrays.items()})
     return out
+
+
+def progress_batches(batches, total: int, label: str, every_s: float = 30.0) -> list[dict]:
+    """Collect ``batches``, printing scans done of ``total`` with the rate and an ETA every
+    ``every_s`` seconds and at the end."""
+    from ctvlp.tracking import eta_line
+
+    parts, done, t0 = [], 0, time.perf_counter()
+    last = t0
+    for batch in batches:
+        parts.append(batch)
+        done += len(batch["study_id"])
+        now = time.perf_counter()
+        if now - last >= every_s or done >= total:
+            print(eta_line(label, done, total, now - t0, "scans"), flush=True)
+            last = now
+    return parts
 
 
 def has_split(spec: Any, split: str) -> bool:
