@@ -37,6 +37,21 @@ from ctvlp.card import EVALUATION
 from ctvlp.predict.scan import Mask, Scan, ScanRejected, Segmenter, build_segmenter, prepare
 
 
+def export_diseases(export_dir: str | Path) -> tuple[list[Any], dict[str, float | None]]:
+    """(diseases, thresholds) of a local export: those the evaluation recorded in
+    ``evaluation.json``, else the export spec's ``eval`` diseases without thresholds."""
+    from ctvlp.config import DiseaseSpec, spec_from_dict
+    from ctvlp.export import read_config
+
+    path = Path(export_dir) / EVALUATION
+    if path.is_file():
+        record = json.loads(path.read_text())
+        return ([DiseaseSpec(name=d["name"], anatomy=d["anatomy"], prompts=[tuple(p) for p in d["prompts"]])
+                 for d in record["diseases"]], dict(record["thresholds"]))
+    spec = spec_from_dict(read_config(export_dir)["spec"])
+    return spec.eval.disease_list(spec.data), {}
+
+
 @dataclass
 class Prediction:
     """What the predictor says about one scan.
@@ -102,7 +117,6 @@ class Predictor:
         """Load an export by URI (``ctvlp.export.resolve_export``); device "auto" = CUDA when present."""
         import torch
 
-        from ctvlp.config import DiseaseSpec
         from ctvlp.eval.embed import EvalModel
         from ctvlp.export import resolve_export
         from ctvlp.precision import resolve_bf16
@@ -111,10 +125,8 @@ class Predictor:
         local = resolve_export(uri, revision=revision, cache_dir=cache_dir, s3_endpoint_url=s3_endpoint_url)
         device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         model = EvalModel.from_export(local, device, bf16=resolve_bf16(bf16, device.startswith("cuda")))
-        record = json.loads((local / EVALUATION).read_text()) if (local / EVALUATION).is_file() else {}
-        diseases = ([DiseaseSpec(name=d["name"], anatomy=d["anatomy"], prompts=[tuple(p) for p in d["prompts"]])
-                     for d in record["diseases"]] if record else model.spec.eval.disease_list(model.spec.data))
-        return cls(model, StudyConfig.from_spec(model.spec), diseases, thresholds=record.get("thresholds"),
+        diseases, thresholds = export_diseases(local)
+        return cls(model, StudyConfig.from_spec(model.spec), diseases, thresholds=thresholds,
                    segmenter=segmenter, batch_size=batch_size, source=str(uri))
 
     from_pretrained = from_export
