@@ -13,6 +13,10 @@ report=None)`` then runs, per scan:
 3. yes/no calls at the thresholds the evaluation job recorded in the export's ``evaluation.json``
    (``score > threshold``, as ``ctvlp.eval.metrics`` predicts).
 
+Precision is the evaluation's (``EvalModel``): float32 weights, the encoders' forward under bf16
+autocast when ``bf16`` resolves on ("auto" = on with CUDA), embeddings, prompt logits and
+probabilities in float32 (``ctvlp.precision``; the bf16 CPU test tracks float32 within 0.02).
+
 So a study scores what the evaluation pipeline scores for it (``tests/ctvlp/predict``: equal to
 1e-6 on CPU; windows batched differently may differ in the last float32 bits). Without a mask the
 spec's segmentation runs (``ctvlp.segment.TotalSegmentatorSegmenter``, or the ``segmenter`` given),

@@ -13,6 +13,7 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from ctvlp.predict import Predictor, ScanRejected, SegmentationUnavailable
 from tests.ctvlp.predict.case import CorpusMaskSegmenter, evaluate_like_the_job
@@ -197,3 +198,13 @@ def test_a_vision_only_export_is_refused_with_the_reason(case, tmp_path):
     export = build_task(case.spec, 1, init={}).export(tmp_path / "export1")
     with pytest.raises(ValueError, match="needs a text encoder"):
         Predictor.from_export(export, device="cpu")
+
+
+def test_bf16_autocast_tracks_float32(case, predictor):
+    """The evaluation's precision contract on CPU: bf16 autocast forward, float32 weights and scores."""
+    bf16 = Predictor.from_export(case.export, device="cpu", bf16=True)
+    assert bf16.model.bf16 and not predictor.model.bf16
+    image, mask = case.files(case.study_ids[0])
+    a, b = scores_of(bf16(image, mask=mask), predictor.diseases), scores_of(predictor(image, mask=mask), predictor.diseases)
+    assert np.array_equal(np.isnan(a), np.isnan(b)) and np.abs(a - b)[np.isfinite(a)].max() < 0.02
+    assert all(p.dtype == torch.float32 for p in bf16.model.parts["vision"].parameters())
