@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.evaluate import evaluate_model
 
     result = evaluate_model(spec)
+    print(f"evaluation written into the export: {result['card']} (model card) and evaluation.json (thresholds)",
+          flush=True)
     timings["evaluate"] = time.time() - t0 - sum(timings.values())
     ray.shutdown()
 
