@@ -110,10 +110,11 @@ def main() -> None:
              f"and {env['loadavg_after'][0]} after (a shared machine: other jobs running). Ray Data times include "
              "starting the actors and loading the export in each.", "",
              "| path | actors | seconds, end to end | scans/s | ratio vs one process |", "|---|---|---|---|---|"]
-    lines += [f"| {r['path']} | {r['actors'] or '-'} | {r['seconds']} | {r['scans_per_s']} | {r['ratio_vs_one_process']} |"
-              for r in results]
+    lines += [f"| {r['path']} | {r['actors'] or '-'} | {r['seconds']} | {r['scans_per_s']} | "
+              f"{r['ratio_vs_one_process']} |" for r in results]
     b = results[0]
-    lines += ["", f"One process in steady state (export loaded, first forward done): {b['steady_scans_per_s']} scans/s; "
+    lines += ["", "One process in steady state (export loaded, first forward done): "
+              f"{b['steady_scans_per_s']} scans/s; "
               f"of its {b['steady_s']} s, reading + ingest transforms {b['prepare_s']} s, windows + encoders + prompt "
               f"scores {b['score_s']} s; loading the export {b['load_s']} s.",
               "", "On a 2-core CPU machine Ray Data cannot beat one process: its actors are processes that each "

@@ -67,7 +67,8 @@ def data_facts(spec: Any, index: dict | None, source_kind: str) -> dict[str, Any
             when it cannot be read); source_kind: "synthetic" | "ctrate" | "manifest" | "unknown".
     """
     splits = {s: v.get("num_samples") for s, v in (index or {}).get("splits", {}).items()}
-    weights = [f"text encoder init: {TEXT_WEIGHTS.get(spec.model.text.name_or_path, spec.model.text.name_or_path + ' (see its model card for the licence)')}"]
+    text = spec.model.text.name_or_path
+    weights = [f"text encoder init: {TEXT_WEIGHTS.get(text, text + ' (see its model card for the licence)')}"]
     if spec.ingest.segmentation == "totalsegmentator":
         weights.append("masks: TotalSegmentator v2 `total` task (Apache-2.0)")
     if spec.ingest.report_parser == "llm":
@@ -117,7 +118,7 @@ def _read_json(path: Path) -> dict:
 def write_card(export_dir: str | Path) -> Path:
     """Render ``README.md`` from the export's own files (see the module doc); returns its path."""
     export_dir = Path(export_dir)
-    text = render_card(_read_json(export_dir / CONFIG), _read_json(export_dir / META), _read_json(export_dir / EVALUATION))
+    text = render_card(*(_read_json(export_dir / name) for name in (CONFIG, META, EVALUATION)))
     path = export_dir / CARD
     path.write_text(text)
     return path
@@ -143,7 +144,8 @@ def render_card(config: dict, meta: dict, evaluation: dict) -> str:
 def _method(config: dict, meta: dict) -> str:
     phase = int(config.get("phase") or 0)
     parts = ", ".join(f"`{p}` ({PARTS.get(p, p)})" for p in config.get("parts", []))
-    done = "\n".join(f"{n}. {PHASES[n]}" + (" (this export)" if n == phase else "") for n in sorted(PHASES) if n <= phase)
+    done = "\n".join(f"{n}. {PHASES[n]}" + (" (this export)" if n == phase else "")
+                     for n in sorted(PHASES) if n <= phase)
     selection = meta.get("selection") or {"kind": "last"}
     which = "the last step of the phase" if selection.get("kind") == "last" else \
         f"the best {selection.get('metric')} ({selection.get('value')}) at epoch {selection.get('epoch')}"
@@ -164,7 +166,8 @@ def _data(data: dict) -> str:
             f"- studies per split (ingest index): {splits}; quarantined {quarantined}\n"
             f"- preset `{data.get('preset')}`: spacing {data.get('spacing_dhw_mm')} mm (D, H, W), "
             f"HU window {data.get('hu_window')}\n"
-            f"- grouping `{data.get('grouping')}`, M = {len(data.get('anatomies', []))}: {', '.join(data.get('anatomies', []))}\n"
+            f"- grouping `{data.get('grouping')}`, M = {len(data.get('anatomies', []))}: "
+            f"{', '.join(data.get('anatomies', []))}\n"
             f"- report labels: `{data.get('report_parser')}` parser; masks: `{data.get('segmentation')}`\n\n"
             f"Pretrained weights used:\n\n{weights}")
 
@@ -187,7 +190,7 @@ def _use(config: dict, ev: dict) -> str:
         "no yes/no calls until the evaluation job has written `evaluation.json`"
     return ("## How to use\n\n```python\nfrom ctvlp import Predictor\n\n"
             "predictor = Predictor.from_export(\"<this folder, s3:// URI or hub name>\")\n"
-            "result = predictor(\"scan.nii.gz\", mask=\"mask.nii.gz\")  # or a DICOM series folder; no mask: TotalSegmentator\n"
+            "result = predictor(\"scan.nii.gz\", mask=\"mask.nii.gz\")  # or a DICOM folder\n"
             "print(result.top_findings(5))\n```\n\n"
             "`python -m ctvlp.predict --model <export> SCAN [SCAN ...] --out results.csv` does the same from the "
             f"shell. The scan goes through exactly the ingest transforms of the spec below; {calls}.")
@@ -203,7 +206,8 @@ def _limitations() -> str:
 
 
 def _provenance(config: dict, meta: dict) -> str:
-    return (f"## Provenance\n\n- git commit: `{config.get('git_commit', 'unknown')}` (ctvlp {config.get('ctvlp_version')})\n"
+    return ("## Provenance\n\n"
+            f"- git commit: `{config.get('git_commit', 'unknown')}` (ctvlp {config.get('ctvlp_version')})\n"
             f"- run: `{meta.get('run_name', 'unknown')}`\n"
             f"- files: `{CONFIG}` and `model.safetensors` (the weights, float32, no pickle), `{META}`, "
             f"`{EVALUATION}` once evaluated, `resolved_spec.yaml`")

@@ -30,7 +30,8 @@ def test_card_says_what_the_model_is_what_it_saw_and_what_it_is_not(export):
     card = write_card(out).read_text()
     assert card.startswith("---\nlibrary_name: ctvlp\n")
     for needle in ("phase 2", "anatomy-level image-report alignment (anatomy-wise InfoNCE", "`vision`", "`text`",
-                   "studies per split (ingest index): test 314, train 530, valid 56; quarantined 3 (oblique 2, too_small 1)",
+                   "studies per split (ingest index): test 314, train 530, valid 56; "
+                   "quarantined 3 (oblique 2, too_small 1)",
                    "CC BY-NC-SA 4.0", "preset `demo`", "grouping `chest-abdomen`, M = 16",
                    "text encoder init: none: a randomly initialised", "Not evaluated yet", "not a medical device",
                    "run: `debug-phase2-abc`", "Predictor.from_export", "name: debug"):

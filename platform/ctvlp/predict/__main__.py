@@ -52,8 +52,8 @@ def print_findings(outcome, top: int) -> None:
         print(f"{outcome.scan}: rejected ({outcome.reason}: {outcome.detail})", flush=True)
         return
     if top:
-        items = [f"{f['disease']} {f['probability']:.2f}" + ("" if f["call"] is None else (" yes" if f["call"] else " no"))
-                 for f in outcome.top_findings(top)]
+        calls = {None: "", True: " yes", False: " no"}
+        items = [f"{f['disease']} {f['probability']:.2f}{calls[f['call']]}" for f in outcome.top_findings(top)]
         print(f"{outcome.study_id}: " + "; ".join(items), flush=True)
 
 

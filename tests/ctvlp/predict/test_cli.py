@@ -38,7 +38,8 @@ def test_cli_scores_nifti_files_and_rejects_a_bad_one(case, tmp_path, capsys):
 
 def test_cli_needs_one_mask_per_scan(case, tmp_path):
     with pytest.raises(SystemExit) as err:
-        main(["--model", str(case.export), "a.nii.gz", "b.nii.gz", "--mask", "m.nii.gz", "--out", str(tmp_path / "r.csv")])
+        main(["--model", str(case.export), "a.nii.gz", "b.nii.gz", "--mask", "m.nii.gz",
+              "--out", str(tmp_path / "r.csv")])
     assert err.value.code == 2
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from ctvlp.predict import Predictor, ScanRejected, SegmentationUnavailable
-from tests.ctvlp.predict.case import CorpusMaskSegmenter, evaluate_like_the_job
+from tests.ctvlp.predict.case import CorpusMaskSegmenter
 
 PARITY_ATOL = 1e-6  # the documented tolerance: same arrays, windows batched differently (float32)
 
@@ -205,6 +205,7 @@ def test_bf16_autocast_tracks_float32(case, predictor):
     bf16 = Predictor.from_export(case.export, device="cpu", bf16=True)
     assert bf16.model.bf16 and not predictor.model.bf16
     image, mask = case.files(case.study_ids[0])
-    a, b = scores_of(bf16(image, mask=mask), predictor.diseases), scores_of(predictor(image, mask=mask), predictor.diseases)
+    a = scores_of(bf16(image, mask=mask), predictor.diseases)
+    b = scores_of(predictor(image, mask=mask), predictor.diseases)
     assert np.array_equal(np.isnan(a), np.isnan(b)) and np.abs(a - b)[np.isfinite(a)].max() < 0.02
     assert all(p.dtype == torch.float32 for p in bf16.model.parts["vision"].parameters())
