@@ -33,7 +33,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from ctvlp.transforms.dicom import DicomRules
+from ctvlp.tracking import eta_line
+from ctvlp.transforms.study import StudyConfig
 from ingest import manifest as mf
 from ingest import quarantine, shards
 from ingest.process import StageConfig, process_records
@@ -75,14 +76,10 @@ class IngestConfig:
         d, ing = spec.data, spec.ingest
         if not d.source_uri or not d.shards_uri:
             raise ValueError("data.source_uri and data.shards_uri must be set for ingest")
-        stage = StageConfig(
-            grouping=d.grouping_table, spacing=tuple(d.spacing), hu_window=tuple(d.hu_window),
-            crop_margin=tuple(d.crop_margin), min_size=tuple(d.min_size), codec=ing.codec,
-            codec_level=ing.codec_level, repair_headers=ing.repair_headers,
+        stage = StageConfig(  # the grid and checks exactly as ctvlp.predict reads them from a spec
+            **StudyConfig.from_spec(spec).as_kwargs(), codec=ing.codec, codec_level=ing.codec_level,
             text_name_or_path=spec.model.text.name_or_path, max_length=spec.model.text.max_length,
             storage=storage_from_spec(spec), reports=ReportConfig.from_spec(ing),
-            min_slices=ing.min_slices, min_extent_mm=tuple(ing.min_extent_mm), max_oblique_deg=ing.max_oblique_deg,
-            dicom=DicomRules.from_spec(ing.dicom),
         )
         segment = SegmentConfig.from_spec(spec) if ing.segmentation == "totalsegmentator" else None
         return cls(
@@ -283,14 +280,15 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[st
     per_wave = cfg.groups_per_wave or max(1, 2 * int(ray.cluster_resources().get("CPU", 1)))
     results = []
     waves = _waves(names, per_wave)
+    t_waves, done = time.perf_counter(), 0
     for i, wave in enumerate(waves):
         tw = time.perf_counter()
         frame = pending[pending.shard.isin(wave)]
         res = _run_wave(frame, cfg)
         results.append(res)
-        dt = time.perf_counter() - tw
-        log(f"[ingest] wave {i + 1}/{len(waves)}: {len(frame)} studies in {len(wave)} groups, "
-            f"{dt:.1f} s ({len(frame) / max(dt, 1e-9):.2f} studies/s)")
+        now, done = time.perf_counter(), done + len(frame)
+        log(f"{eta_line('ingest', done, len(pending), now - t_waves, 'studies')} | wave {i + 1}/{len(waves)}: "
+            f"{len(frame)} studies in {len(wave)} groups, {now - tw:.1f} s")
     res = pd.concat(results, ignore_index=True) if results else pd.DataFrame(
         columns=["study_id", "status", "seconds", "timings", "write_s"])
     stats = {
@@ -309,4 +307,7 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[st
     for stage, sec in stats["stage_seconds"].items():
         rate = stats["num_decoded"] / sec if sec > 0 else float("inf")
         log(f"[ingest]   stage {stage:<9} {sec:8.2f} s total  {rate:8.2f} studies/s per core")
+    root = cfg.shards_uri
+    log(f"[ingest] outputs under {root}: shards {join(root, 'data')}, {join(root, 'index.json')}, "
+        f"{join(root, 'summary.md')} (counts, reasons), {join(root, 'quarantine.parquet')} (one row per bad input)")
     return stats

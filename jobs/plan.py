@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from typing import Any
 
 import yaml
 
@@ -93,3 +94,25 @@ def plan_for(resolved: JobSpec, phase: int, *, git_commit: str = "unknown") -> P
         storage_timeout_s=resolved.storage.timeout_s,
         storage_max_attempts=resolved.storage.max_attempts,
     )
+
+
+def card_data(resolved: JobSpec) -> dict[str, Any]:
+    """The model card's data facts (``ctvlp.card.data_facts``): the shards' ``index.json`` (counts
+    per split, quarantine) and the source's kind (a ``ctvlp.synthetic`` corpus has ``corpus.json``
+    at its root). Unreadable storage leaves the counts unknown; it never stops training."""
+    from ctvlp.card import data_facts
+    from ingest.storage import storage_from_spec
+
+    storage, d = storage_from_spec(resolved), resolved.data
+    index, kind = None, "unknown"
+    try:
+        if d.shards_uri and storage.exists(join(d.shards_uri, "index.json")):
+            index = json.loads(storage.read_bytes(join(d.shards_uri, "index.json")))
+        if d.source_uri:
+            root = d.source_uri.rstrip("/")  # the download root, or its dataset/ folder
+            roots = [root] + ([root.rsplit("/", 1)[0]] if root.endswith("/dataset") else [])
+            synthetic = any(storage.exists(join(r, "corpus.json")) for r in roots)
+            kind = "synthetic" if synthetic else ("ctrate" if d.manifest_format == "ctrate" else "manifest")
+    except (OSError, ValueError) as exc:
+        print(f"[plan] model card: data facts unreadable ({type(exc).__name__}); counts left unknown", flush=True)
+    return data_facts(resolved, index, kind)

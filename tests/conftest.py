@@ -140,3 +140,20 @@ def tiny_totalseg(tmp_path_factory):
     write_tiny_task(root, two)
     write_tiny_task(root, crop_task(), seed=7)
     return root, two
+
+
+@pytest.fixture(scope="session")
+def case(tmp_path_factory):
+    """A tiny synthetic corpus ingested in-process, its shard and a phase-4 debug export
+    (``tests/ctvlp/predict/case.py``): the predictor's, its CLI's and the demo's tests share it."""
+    from tests.ctvlp.predict.case import build_case
+
+    return build_case(tmp_path_factory.mktemp("predict_case"))
+
+
+@pytest.fixture(scope="session")
+def job_outputs(case):
+    """The evaluation job's per-study outputs for ``case``'s studies (its Ray Data callable, in-process)."""
+    from tests.ctvlp.predict.case import evaluate_like_the_job
+
+    return evaluate_like_the_job(case)

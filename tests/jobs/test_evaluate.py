@@ -106,6 +106,13 @@ def test_evaluate_job_end_to_end(setup, ray_session):
     html = (root / "report.html").read_text()
     assert html.count("<img") == len(list((root / "figures").glob("*.png"))) >= 4  # roc, tsne, activations, codes
     assert "held-out" in html and "Resolved spec" in html
+    # the export now carries the validation-chosen thresholds and a card with the table
+    record = json.loads((export / "evaluation.json").read_text())
+    held_out = tables["zero-shot (held-out threshold: valid -> test)"].per_disease["threshold"]
+    assert record["protocol"].startswith("held-out") and record["num_scans"] == 12
+    assert all((t is None) == np.isnan(held_out[d]) and (t is None or t == held_out[d])
+               for d, t in record["thresholds"].items())
+    assert out["card"] == f"{export}/README.md" and "95% CI" in (export / "README.md").read_text()
 
 
 @pytest.mark.slow
