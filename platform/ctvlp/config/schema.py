@@ -221,7 +221,14 @@ class ModelSpec(Strict):
     itc_targets: Literal["hard", "soft"] = "hard"  # eq. 1 hard targets, or fVLM's soft targets
     itc_reduction: Literal["pairs", "anatomy_sum"] = "pairs"  # eq. 1 mean over pairs; fVLM: sum of organ means
     itc_skip_without_abnormal: bool = False  # fVLM: skip an anatomy with no abnormal intact sample
+    # Phase 2's alignment: "anatomy" = eq. 1 per anatomy (ViSD-Boost, fVLM); "global" = CLIP, one
+    # whole-volume embedding against the whole report (Table 5's first row; phase 2 only)
+    alignment: Literal["anatomy", "global"] = "anatomy"
+    report_max_length: PosInt = 512  # "global" alignment: token limit of a whole report (anatomy texts joined)
     disease_positives: Literal["sum", "mean"] = "sum"  # eq. 2 as printed, or SupCon's mean
+    # Phase 1's visual contrast: "disease" = eq. 2 (VSED: normal anatomies one class); "instance" =
+    # every sample its own class (VSEI, Table 5's instance-level row)
+    visual_contrast: Literal["disease", "instance"] = "disease"
     vq: VQSpec = VQSpec()
     perception_activation: Literal["gelu", "none"] = "gelu"  # released code: none
 
