@@ -177,23 +177,31 @@ def record_steps(run: RowRun) -> None:
 
 # ------------------------------------------------------------------------------- evaluation
 def evaluate_run(run: RowRun, out_uri: str) -> tuple[Any, pd.DataFrame, pd.DataFrame]:
-    """Score one model on the test split (``evaluate_model``); returns (EvalResult, labels, scores)."""
+    """Score one model on the test split (``evaluate_model``) unless this export was scored there
+    already (``model.txt`` names it); returns (EvalResult, labels, scores)."""
+    from jobs.data import storage_of
     from jobs.evaluate import evaluate_model
 
-    out = evaluate_model(run.spec, run.export_uri, join(out_uri, run.label))
-    labels, scores = read_tables(run.spec, out["out_dir"])
-    return out["primary"], labels, scores
+    out_dir, storage = join(out_uri, run.label), storage_of(run.spec)
+    marker = join(out_dir, "model.txt")
+    if not (storage.exists(marker) and storage.read_bytes(marker).decode() == run.export_uri):
+        evaluate_model(run.spec, run.export_uri, out_dir)
+        storage.write_bytes(marker, run.export_uri.encode())
+    return read_result(storage, out_dir)
 
 
-def read_tables(spec: Any, out_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_result(storage: Any, out_dir: str) -> tuple[Any, pd.DataFrame, pd.DataFrame]:
+    """(EvalResult, labels, scores) as ``evaluate_model`` wrote them under ``out_dir``."""
     import io
 
-    from jobs.data import storage_of
+    from ctvlp.eval.metrics import EvalResult
 
-    storage = storage_of(spec)
-    frames = [pd.read_csv(io.BytesIO(storage.read_bytes(join(out_dir, f"{k}.csv"))), index_col="VolumeName")
-              for k in ("labels", "scores")]
-    return frames[0], frames[1]
+    def frame(name: str, index: str) -> pd.DataFrame:
+        return pd.read_csv(io.BytesIO(storage.read_bytes(join(out_dir, name))), index_col=index)
+
+    result = EvalResult(frame("zero_shot/per_disease.csv", "disease"), frame("zero_shot/per_anatomy.csv", "anatomy"),
+                        json.loads(storage.read_bytes(join(out_dir, "zero_shot/summary.json"))))
+    return result, frame("labels.csv", "VolumeName"), frame("scores.csv", "VolumeName")
 
 
 # ------------------------------------------------------------------------------------ table
@@ -269,11 +277,12 @@ def compare(base: Any, out_uri: str | None = None) -> dict[str, Any]:
     t0 = time.time()
     out_uri = out_uri or join(base.storage.root.rstrip("/"), f"{base.name}-compare")
     runs = plan_runs(base)
-    for run in runs:
+    results, scores, labels = {}, {}, None
+    # the reference first: every other row is compared with it; each model is scored once trained,
+    # so a rerun after an interruption resumes with what is done
+    for run in sorted(runs, key=lambda r: r.row != base.compare.reference):
         train_run(run)
         record_steps(run)
-    results, scores, labels = {}, {}, None
-    for run in runs:
         results[run.label], lab, scores[run.label] = evaluate_run(run, out_uri)
         labels = lab if labels is None else labels
     table = comparison_table(runs, results, labels, scores, base.compare.reference,
