@@ -16,6 +16,7 @@ Usage:
     python bench/compare_preset.py --shards S --steps 63 --tag v1 [key=value ...]
     python bench/supervised_capacity.py --run R --spec jobs/specs/compare.yaml --steps 63 --out D
     python bench/compare_preset.py --table [--supervised D/supervised_capacity.json]
+    python bench/compare_preset.py --from-compare R/compare-compare --tag run1  # the Ray runs' p2_only row
 """
 
 from __future__ import annotations
@@ -56,10 +57,11 @@ def table(results: Path, supervised: Path | None) -> str:
     runs = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     sup = json.loads(supervised.read_text()) if supervised and supervised.is_file() else None
     lines = ["# The `compare` preset against its target (bench/compare_preset.py)", "",
-             "Phase 2 alone from scratch, one process, 2 threads; zero-shot AUC on the test split. Target: "
-             ">= 12 of 22 findings in [0.60, 0.95], <= 3 above 0.97, <= 3 below 0.55; supervised head >= "
-             "phase 2 + 0.05.", "",
-             "| tag | shards | steps | train s | load avg | macro AUC | in [0.60, 0.95] | above 0.97 | below 0.55 | target |",
+             "Phase 2 alone from scratch (in one process, 2 threads; or `--from-compare`: the comparison's",
+             "Ray runs, mean over seeds, train s = summed step time); zero-shot AUC on the test split.",
+             "Target: >= 12 of 22 findings in [0.60, 0.95], <= 3 above 0.97, <= 3 below 0.55; supervised",
+             "head >= phase 2 + 0.05.", "",
+             "| tag | source | steps | train s | load avg | macro AUC | in [0.60, 0.95] | above 0.97 | below 0.55 | target |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         c = r["bands"]
@@ -82,6 +84,26 @@ def table(results: Path, supervised: Path | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def record_compare_row(out_dir: Path, tag: str, results: Path, row: str = "p2_only") -> None:
+    """Append the comparison's phase-2-alone figures (the Ray runs at the comparison's budget):
+    per-disease AUC averaged over the row's seeds, steps and summed step seconds of its runs."""
+    import pandas as pd
+
+    seeds = sorted(out_dir.glob(f"{row}-seed*/zero_shot/per_disease.csv"))
+    if not seeds:
+        raise FileNotFoundError(f"no {row}-seed*/zero_shot/per_disease.csv under {out_dir}")
+    auc = pd.concat([pd.read_csv(p, index_col="disease")["auc"] for p in seeds], axis=1).mean(1).dropna()
+    methods = pd.read_csv(out_dir / "methods.csv", index_col="row") if (out_dir / "methods.csv").is_file() else None
+    steps = int(str(methods.at[row, "steps"]).split()[-1]) if methods is not None else 0
+    train_s = float(methods.at[row, "train_s"]) if methods is not None else float("nan")
+    record = {"tag": tag, "shards": str(out_dir), "overrides": [], "seed": f"{len(seeds)} seeds",
+              "train": {"steps": steps, "seconds": train_s}, "load_avg": os.getloadavg()[0],
+              "macro_auc": float(auc.mean()), "bands": band_counts(auc.to_dict()), "zero_shot": auc.to_dict(),
+              "time": time.strftime("%Y-%m-%d %H:%M")}
+    with results.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--spec", default=str(ROOT / "jobs" / "specs" / "compare.yaml"))
@@ -93,10 +115,14 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("--supervised", default=None, help="supervised_capacity.json of the same shards")
     ap.add_argument("--table", action="store_true", help="only render the results file")
+    ap.add_argument("--from-compare", default=None,
+                    help="a jobs/compare.py output dir: record its p2_only row (per-disease AUC, mean over seeds)")
     ap.add_argument("overrides", nargs="*", help="dotted key=value spec overrides")
     args = ap.parse_args(argv)
     results = Path(args.results)
-    if not args.table:
+    if args.from_compare:
+        record_compare_row(Path(args.from_compare), args.tag, results)
+    elif not args.table:
         if not args.shards:
             ap.error("--shards is required unless --table")
         from ctvlp.config import load_spec

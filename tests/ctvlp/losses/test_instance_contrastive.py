@@ -13,14 +13,6 @@ from ctvlp.losses.instance_contrastive import instance_contrastive_loss
 from tests.ctvlp.gloo import run_ranks
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _lse(xs):
     return math.log(sum(math.exp(x) for x in xs))
 

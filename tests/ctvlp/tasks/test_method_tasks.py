@@ -24,14 +24,6 @@ SIZE = (16, 32, 32)
 DEBUG = ["data.grouping=chest", "model.pool_dropout=0.0", "model.momentum=0.9", "data.crop_size=[16,32,32]"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return build_tokenizer("tiny")
