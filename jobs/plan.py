@@ -2,7 +2,7 @@
 
 A phase's run name is ``<spec.name>-phase<N>-<fingerprint>``, where the fingerprint hashes what
 determines that phase's result: the spec minus the other phases' optimisation settings and the
-``eval``/``tune`` sections, with the phase's ``init`` references already resolved to URIs.
+``eval``/``tune``/``compare`` sections, with the phase's ``init`` references already resolved to URIs.
 Rerunning the same spec therefore lands in the same run (and resumes it); changing phase 4's
 learning rate does not restart phase 1.
 
@@ -39,7 +39,7 @@ def phase_fingerprint(spec: JobSpec, phase: int, length: int = 10) -> str:
     """Hash of the settings that determine ``phase``'s result (see the module docstring)."""
     tree = settable_dict(spec)
     tree["phases"] = {f"phase{phase}": tree["phases"][f"phase{phase}"]}
-    for key in ("eval", "tune"):
+    for key in ("eval", "tune", "compare"):
         tree.pop(key, None)
     tree["resources"].pop("max_failures", None)  # retries do not change the result
     blob = json.dumps(tree, sort_keys=True).encode()

@@ -221,7 +221,14 @@ class ModelSpec(Strict):
     itc_targets: Literal["hard", "soft"] = "hard"  # eq. 1 hard targets, or fVLM's soft targets
     itc_reduction: Literal["pairs", "anatomy_sum"] = "pairs"  # eq. 1 mean over pairs; fVLM: sum of organ means
     itc_skip_without_abnormal: bool = False  # fVLM: skip an anatomy with no abnormal intact sample
+    # Phase 2's alignment: "anatomy" = eq. 1 per anatomy (ViSD-Boost, fVLM); "global" = CLIP, one
+    # whole-volume embedding against the whole report (Table 5's first row; phase 2 only)
+    alignment: Literal["anatomy", "global"] = "anatomy"
+    report_max_length: PosInt = 512  # "global" alignment: token limit of a whole report (anatomy texts joined)
     disease_positives: Literal["sum", "mean"] = "sum"  # eq. 2 as printed, or SupCon's mean
+    # Phase 1's visual contrast: "disease" = eq. 2 (VSED: normal anatomies one class); "instance" =
+    # every sample its own class (VSEI, Table 5's instance-level row)
+    visual_contrast: Literal["disease", "instance"] = "disease"
     vq: VQSpec = VQSpec()
     perception_activation: Literal["gelu", "none"] = "gelu"  # released code: none
 
@@ -537,9 +544,39 @@ class TuneSpec(Strict):
     max_trial_retries: NonNegInt = 1
 
 
+class CompareSpec(Strict):
+    """The method comparison (jobs/compare.py): which rows, how they share a budget, how many seeds.
+
+    The budget counts the epochs of the phases that train the vision encoder (1, 2 and 4); phase 3
+    trains only the VQ-VAE on cached tokens (a small fraction of a phase-2 step each) and gets its
+    share on top. Phase n's epochs are ``budget_epochs * proportions[n] / W``, rounded, at least 1,
+    with W the sum of the counted phases' proportions: of all three under ``paper`` (every row
+    trains each phase it needs exactly as the reference recipe does, so rows share runs, as in the
+    paper's Table 5), of the row's own counted phases under ``equal`` (every row spends the same
+    counted epochs, whatever its phases).
+    """
+
+    # rows of jobs/specs/ablation/ (file stems) to train and compare, in table order
+    methods: list[str] = ["clip", "fvlm", "p2_only", "vsei", "p1_p2", "full"]
+    reference: str = "full"  # the row every row's paired bootstrap difference is taken against
+    budget_epochs: PosInt = 12  # counted epochs (phases 1, 2, 4) of the reference recipe
+    budget_rule: Literal["paper", "equal"] = "paper"
+    proportions: tuple[PosFloat, PosFloat, PosFloat, PosFloat] = (60.0, 30.0, 60.0, 30.0)  # paper: phases 1-4
+    seeds: dict[str, PosInt] = {"full": 3, "p2_only": 3}  # seeds per row; seed k runs with spec.seed + k
+    default_seeds: PosInt = 1  # seeds of the rows not in `seeds`
+
+    @model_validator(mode="after")
+    def _reference_listed(self):
+        if self.reference not in self.methods:
+            raise ValueError(f"compare.reference {self.reference!r} is not in compare.methods {self.methods}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"compare.methods lists a row twice: {self.methods}")
+        return self
+
+
 # -------------------------------------------------------------------------------------- root
 class JobSpec(Strict):
-    """A whole job: data, model, the four phases, resources, storage, ingest, eval, tuning."""
+    """A whole job: data, model, the four phases, resources, storage, ingest, eval, tuning, comparison."""
 
     name: str = "ctvlp"
     seed: int = 0
@@ -551,6 +588,7 @@ class JobSpec(Strict):
     ingest: IngestSpec = IngestSpec()
     eval: EvalSpec = EvalSpec()
     tune: TuneSpec = TuneSpec()
+    compare: CompareSpec = CompareSpec()
 
     @model_validator(mode="after")
     def _cross(self):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ctvlp.config import JobSpec, is_phase_ref
 from ctvlp.tasks.base import Task, total_loss
+from ctvlp.tasks.clip import GlobalAlignmentTask
 from ctvlp.tasks.phase1 import DiseaseContrastiveTask
 from ctvlp.tasks.phase2 import AlignmentTask
 from ctvlp.tasks.phase3 import NormalityTask
@@ -33,11 +34,22 @@ INIT_PARTS: dict[str, list[tuple[str, str]]] = {
 }
 
 
-def build_task(spec: JobSpec, phase: int, init: dict[str, str | Path] | None = None) -> Task:
-    """The phase's task with its initial weights loaded (strict: a listed part must load)."""
+def task_class(spec: JobSpec, phase: int) -> type[Task]:
+    """The task of ``phase`` under ``spec``: phase 2 is CLIP's global alignment when
+    ``model.alignment`` is "global", which has no anatomy embeddings for phases 1, 3 and 4."""
     if phase not in TASKS:
         raise ValueError(f"phase must be one of {sorted(TASKS)}, got {phase!r}")
-    task = TASKS[phase](spec)
+    if spec.model.alignment == "global":
+        if phase != 2:
+            raise ValueError(f"model.alignment=global (CLIP) trains phase 2 only; phase {phase} needs "
+                             "per-anatomy embeddings (model.alignment=anatomy)")
+        return GlobalAlignmentTask
+    return TASKS[phase]
+
+
+def build_task(spec: JobSpec, phase: int, init: dict[str, str | Path] | None = None) -> Task:
+    """The phase's task with its initial weights loaded (strict: a listed part must load)."""
+    task = task_class(spec, phase)(spec)
     refs = dict(spec.phase(phase).init.refs()) if init is None else {k: v for k, v in init.items() if v}
     for field, uri in refs.items():
         if is_phase_ref(str(uri)):
@@ -54,4 +66,4 @@ def build_task(spec: JobSpec, phase: int, init: dict[str, str | Path] | None = N
     return task
 
 
-__all__ = ["Task", "TASKS", "build_task", "total_loss", "INIT_PARTS"]
+__all__ = ["Task", "TASKS", "build_task", "task_class", "total_loss", "INIT_PARTS"]
