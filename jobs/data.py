@@ -127,24 +127,28 @@ def augment_batch(batch: dict[str, np.ndarray], crop_size: tuple[int, int, int],
     """
     rng = np.random.default_rng(seed)
     n = len(batch["study_id"])
-    keys = ("study_id", "image", "mask", "abnormal", "intact", "input_ids", "disease_labels")
+    keys = ("study_id", "abnormal", "intact", "input_ids", "disease_labels")
     out: dict[str, list] = {k: [] for k in keys}
+    image = np.empty((n, *crop_size), np.uint8)  # crops are written straight into the batch
+    mask = np.empty((n, *crop_size), np.uint8)
     for i in range(n):
         sample = train_augment(decode_sample({k: batch[k][i] for k in batch}), crop_size, flip_prob, rng)
         for key in ("study_id", "abnormal", "intact"):
             out[key].append(sample[key])
         out["disease_labels"].append(json.dumps(sample["disease_labels"]))  # for validation AUCs
-        out["image"].append(np.ascontiguousarray(sample["image"]))
-        out["mask"].append(np.ascontiguousarray(sample["mask"]))
+        image[i], mask[i] = sample["image"], sample["mask"]
         out["input_ids"].append([ids.tolist() for ids in sample["input_ids"]])
-    return {k: (v if k == "input_ids" else np.asarray(v) if k == "disease_labels" else np.stack(v))
+    cols = {k: (v if k == "input_ids" else np.asarray(v) if k == "disease_labels" else np.stack(v))
             for k, v in out.items()}
+    return {**cols, "image": image, "mask": mask}
 
 
 def collate_columns(batch: dict[str, np.ndarray]) -> dict:
-    """``iter_torch_batches`` collate: columnar numpy batch -> ``ctvlp.data.collate`` batch contract."""
+    """``iter_torch_batches`` collate: columnar numpy batch -> the batch contract with uint8
+    ``image``/``mask`` (``ctvlp.data.collate(volumes="uint8")``): ``ctvlp.loop.to_device``
+    makes float32/int64 of them on the training device, not on this host's CPU."""
     n = len(batch["study_id"])
-    out = collate([{k: batch[k][i] for k in batch} for i in range(n)])
+    out = collate([{k: batch[k][i] for k in batch} for i in range(n)], volumes="uint8")
     if "disease_labels" in batch:  # per-study dicts, read by validation's zero-shot AUC
         out["disease_labels"] = [json.loads(x) for x in batch["disease_labels"]]
     return out

@@ -33,15 +33,20 @@ def test_shard_files_come_from_the_index(demo_spec, tmp_path):
 
 
 def test_ray_data_batches_follow_the_batch_contract(ray_session, demo_spec):
+    import torch
+
+    from ctvlp.loop import to_device
     from jobs.data import CollateColumns, build_train_dataset
 
     ds, rows = build_train_dataset(demo_spec)
     assert rows == 6
-    batches = list(ds.iter_torch_batches(batch_size=3, collate_fn=CollateColumns(), drop_last=True))
-    assert len(batches) == 2
+    host = list(ds.iter_torch_batches(batch_size=3, collate_fn=CollateColumns(), drop_last=True))
+    assert len(host) == 2 and host[0]["image"].dtype == host[0]["mask"].dtype == torch.uint8  # host format
+    batches = [to_device(b, torch.device("cpu")) for b in host]  # what the tasks receive
     b = batches[0]
     d, h, w = demo_spec.data.crop_size
-    assert b["image"].shape == (3, 1, d, h, w) and b["image"].dtype.is_floating_point
+    assert b["image"].shape == (3, 1, d, h, w) and b["image"].dtype == torch.float32
+    assert b["mask"].dtype == torch.int64 and b["intact"].dtype == torch.bool
     assert 0.0 <= float(b["image"].min()) and float(b["image"].max()) <= 1.0
     m = demo_spec.data.num_anatomies
     assert b["mask"].shape == (3, d, h, w) and int(b["mask"].max()) <= m

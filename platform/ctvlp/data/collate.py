@@ -21,8 +21,24 @@ def _stack_volumes(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack([np.ascontiguousarray(a) for a in arrays])
 
 
-def collate(samples: Sequence[dict[str, Any]], pad_id: int = 0) -> dict[str, Any]:
+def contract_volume(key: str, volume: torch.Tensor) -> torch.Tensor:
+    """The batch contract's dtype of ``key``: ``"image"`` float32 in [0, 1] (a uint8 image is the
+    stored window 0..255, divided by 255; a float one is already in [0, 1]), ``"mask"`` int64."""
+    if key == "mask":
+        return volume.to(torch.int64)
+    if volume.dtype == torch.uint8:
+        return volume.to(torch.float32).div_(255.0)
+    return volume.to(torch.float32)
+
+
+def collate(samples: Sequence[dict[str, Any]], pad_id: int = 0, volumes: str = "contract") -> dict[str, Any]:
     """Batch samples (outputs of ``decode_sample`` / ``train_augment``) for the tasks.
+
+    Args:
+        volumes: ``"contract"``: image float32 in [0, 1] and mask int64, as the tasks consume
+            them; ``"uint8"``: the loader's host format, image and mask kept uint8 (4x and 8x
+            fewer bytes to copy and ship), which ``ctvlp.loop.to_device`` turns into the
+            contract's dtypes on the device.
 
     Returns:
         ``image`` float32 ``[B, 1, D, H, W]`` in [0, 1] (uint8 / 255), ``mask`` int64
@@ -30,6 +46,8 @@ def collate(samples: Sequence[dict[str, Any]], pad_id: int = 0) -> dict[str, Any
         with ``pad_id`` to the batch's longest text, ``text_mask`` int64 ``[B, M, T]`` (1 = token),
         ``study_id`` list[str]; plus ``intact`` bool ``[B, M]`` when the samples carry it.
     """
+    if volumes not in ("contract", "uint8"):
+        raise ValueError(f"volumes must be 'contract' or 'uint8', got {volumes!r}")
     if not samples:
         raise ValueError("collate needs at least one sample")
     num_anatomies = {len(s["abnormal"]) for s in samples}
@@ -37,11 +55,9 @@ def collate(samples: Sequence[dict[str, Any]], pad_id: int = 0) -> dict[str, Any
         raise ValueError(f"samples disagree on M: {sorted(num_anatomies)}")
     (m,) = num_anatomies
     image = torch.from_numpy(_stack_volumes([s["image"] for s in samples])).unsqueeze(1)
-    if image.dtype == torch.uint8:  # stored window 0..255 -> [0, 1]
-        image = image.to(torch.float32).div_(255.0)
-    else:  # float samples are already in [0, 1]
-        image = image.to(torch.float32)
-    mask = torch.from_numpy(_stack_volumes([s["mask"] for s in samples]).astype(np.int64))
+    mask = torch.from_numpy(_stack_volumes([s["mask"] for s in samples]))
+    if volumes == "contract":
+        image, mask = contract_volume("image", image), contract_volume("mask", mask)
     lengths = [len(ids) for s in samples for ids in s["input_ids"]]
     t = max(max(lengths), 1)
     text_ids = torch.full((len(samples), m, t), pad_id, dtype=torch.int64)
