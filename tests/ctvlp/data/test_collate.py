@@ -43,6 +43,9 @@ def test_uint8_host_batch_becomes_the_contract_on_the_device():
     on = to_device(host, torch.device("cpu"))
     assert on["image"].dtype == torch.float32 and on["mask"].dtype == torch.int64
     assert torch.equal(on["image"], contract["image"]) and torch.equal(on["mask"], contract["mask"])
+    # the same values as torch's own conversion (the golden runs were stored with it)
+    assert torch.equal(on["image"], host["image"].to(torch.float32).div_(255.0))
+    assert torch.equal(on["mask"], host["mask"].to(torch.int64))
     assert torch.equal(on["text_ids"], contract["text_ids"])
     with pytest.raises(ValueError, match="volumes"):
         collate(samples, volumes="float16")
