@@ -123,8 +123,8 @@ def figures(plan: CapacityPlan, num_anatomies: int) -> dict[str, Figure]:
     ingest = _read(res, "ingest.json")
     if not ingest:
         raise ValueError(f"no ingest.json under {res}: run bench/ingest.py first")
-    key = "new_volumes_per_s_per_core" if "new_volumes_per_s_per_core" in ingest else "volumes_per_s_per_core"
-    out["ingest"] = Figure(ingest[key], "measured: ingest.json (per core, 512x512x~300 chest CT)")
+    out["ingest"] = Figure(ingest["volumes_per_s_per_core"], "measured: ingest.json (per core, 512x512x~300 "
+                           f"chest CT, load {ingest.get('load_avg_1min', float('nan')):.1f})")
     loader = _read(res, "loader.json")
     if not loader or not loader.get("ours"):
         raise ValueError(f"no loader.json under {res}: run bench/loader.py first")
@@ -181,9 +181,9 @@ def plan_stages(plan: CapacityPlan, job: Any) -> tuple[list[Stage], dict[str, An
         key = f"phase{p}" if p != 3 else "phase3_encoder"
         gpu_sps = fig[key].value * cl.num_gpus * cl.gpu_scaling
         sps = min(gpu_sps, loader_sps)
-        if p == 3 and job.phases.phase3_cached_tokens:
+        if p == 3 and job.phases.phase3_cached_tokens:  # tokens, not volumes: no loader bound
             cache_h = n_train * fig["phase3_windows_per_study"].value / (fig["eval"].value * cl.num_gpus) / 3600
-            epoch_h = n_train / sps / 3600 / fig["phase3_cache_speedup"].value
+            epoch_h = n_train / gpu_sps / 3600 / fig["phase3_cache_speedup"].value
             wall = cache_h + epochs * epoch_h
             source = f"{fig[key].source}; cache speed-up {fig['phase3_cache_speedup'].source}"
         else:
