@@ -14,7 +14,8 @@ is the work per epoch, not the plumbing):
   per batch of ``global_batch_size`` instances.
 
 An epoch is one pass over the train studies (through the encoder) or over their instances (cached).
-Break-even: the cache pays for itself after ``cache_pass / (epoch_encoder - epoch_cached)`` epochs.
+Times are CPU seconds of the one process (one torch thread): the load of other users on a shared
+machine inflates them far less than wall time. Break-even: the cache pays for itself after ``cache_pass / (epoch_encoder - epoch_cached)`` epochs.
 
 Sizes (``--size``): ``debug`` (jobs/specs/debug.yaml: tiny encoder, 32^3 crops) and ``r18`` (ResNet-18
 width 32, the paper's VQ-VAE and token width, 64 x 128 x 128 crops, 4 anatomies); the paper's
@@ -88,13 +89,13 @@ def epoch_through_encoder(spec, rows: list[dict], rng) -> tuple[float, int, obje
 
     task, opt = _task(spec)
     b = spec.phases.phase3.global_batch_size
-    t0, steps = time.perf_counter(), 0
+    t0, steps = time.process_time(), 0
     for i in range(0, len(rows) - b + 1, b):
         samples = [train_augment(decode_sample(r), spec.data.crop_size, spec.data.flip_prob, rng)
                    for r in rows[i : i + b]]
         _step(task, opt, collate(samples, volumes="uint8"))
         steps += 1
-    return time.perf_counter() - t0, steps, task.module["vision"].state_dict()
+    return time.process_time() - t0, steps, task.module["vision"].state_dict()
 
 
 def cache_pass(spec, rows: list[dict], vision_state) -> tuple[float, dict]:
@@ -106,14 +107,14 @@ def cache_pass(spec, rows: list[dict], vision_state) -> tuple[float, dict]:
 
     task, _ = _task(spec, vision_state)
     vision = task.module["vision"].eval()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     cols: dict[str, list] = {}
     for i in range(0, len(rows), 4):  # the TokenEncoder's map_batches batch size
         part = window_instances(vision, [decode_sample(r) for r in rows[i : i + 4]], spec.data.eval_window)
         for k, v in part.items():
             cols.setdefault(k, []).extend(v)
     pq.write_table(pa.table(cols), io.BytesIO())
-    return time.perf_counter() - t0, cols
+    return time.process_time() - t0, cols
 
 
 def epoch_cached(spec, cols: dict, vision_state, b: int) -> tuple[float, int]:
@@ -125,14 +126,14 @@ def epoch_cached(spec, cols: dict, vision_state, b: int) -> tuple[float, int]:
     n = len(cols["anatomy"])
     order = np.random.default_rng(0).permutation(n)
     collate = TokenCollate()
-    t0, steps = time.perf_counter(), 0
+    t0, steps = time.process_time(), 0
     for i in range(0, n - b + 1, b):
         idx = order[i : i + b]
         batch = {k: np.asarray([cols[k][j] for j in idx], dtype=object if k == "tokens" else None)
                  for k in ("tokens", "num_tokens", "anatomy", "abnormal")}
         _step(task, opt, collate(batch))
         steps += 1
-    return time.perf_counter() - t0, steps
+    return time.process_time() - t0, steps
 
 
 def rows_for(spec, num_studies: int) -> list[dict]:
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     runs[args.size] = result | {"command": f"python bench/phase3_cache.py --size {args.size} --studies {args.studies}"}
     flops = paper_flops()
     path.write_text(json.dumps(runs | {"paper_flops": flops}, indent=1))
-    lines = ["# Phase 3: cached tokens against the frozen encoder (one core, CPU)", "",
+    lines = ["# Phase 3: cached tokens against the frozen encoder (one core, CPU seconds)", "",
              "Same studies (phantom shard rows), same model, same global batch; one epoch each; "
              "the cache pass encodes one window per present anatomy. Break-even = cache pass / "
              "(epoch through the encoder - epoch on cached tokens).", "",
