@@ -152,6 +152,14 @@ def _waves(shard_names: list[str], per_wave: int) -> list[list[str]]:
     return [shard_names[i : i + per_wave] for i in range(0, len(shard_names), per_wave)]
 
 
+def wave_rows(pending: pd.DataFrame, wave: list[str]) -> pd.DataFrame:
+    """The rows of ``wave`` (consecutive names of the sorted plan) from ``pending`` sorted by
+    shard: one binary search per wave, not a scan of the whole plan (that would be N x waves)."""
+    col = pending.shard.to_numpy()
+    lo, hi = col.searchsorted(wave[0], side="left"), col.searchsorted(wave[-1], side="right")
+    return pending.iloc[lo:hi]
+
+
 def _quarantine_listed(storage: Storage, root: str, name: str, rows: pd.DataFrame, reason: str,
                        detail: str | Callable[[Any], str]) -> None:
     """One quarantine part for manifest rows set aside before decoding (deterministic content:
@@ -185,7 +193,7 @@ def prepare(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[str, 
     if cfg.exclude_volumes:
         log(f"[ingest] excluded {len(excluded)} rows listed in data.exclude_volumes; "
             f"{len(unmatched)} listed names are not in the manifest")
-    done = shards.completed(storage, root)
+    done = shards.committed(storage, root)  # one listing; markers are not read
     pending = planned[~planned.shard.isin(done)]
     log(f"[ingest] manifest: {len(df)} rows, {len(dups)} duplicate ids, "
         f"{planned.shard.nunique()} shard groups; already done: {len(planned) - len(pending)} "
@@ -254,7 +262,7 @@ def finalize(cfg: IngestConfig, manifest_size: int, stats: dict[str, Any]) -> di
             f"{manifest_size}: shards under {root} are incomplete or from another run"
         )
     index["manifest_size"] = manifest_size
-    storage.write_bytes(join(root, "index.json"), json.dumps(index, indent=1).encode())
+    storage.write_bytes(shards.index_uri(root), json.dumps(index, indent=1).encode())
     storage.write_bytes(join(root, "summary.md"), shards.summary_markdown(index, stats).encode())
     storage.write_bytes(join(root, "quarantine.parquet"),
                         shards._parquet_bytes(pa.Table.from_pandas(quar, preserve_index=False)))
@@ -276,6 +284,7 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[st
         from ingest.segment import run_segmentation
 
         pending, seg_stats = run_segmentation(pending, cfg, log)
+    pending = pending.sort_values("shard", kind="stable")  # a wave is one slice of it
     names = sorted(pending.shard.unique())
     per_wave = cfg.groups_per_wave or max(1, 2 * int(ray.cluster_resources().get("CPU", 1)))
     results = []
@@ -283,7 +292,7 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[st
     t_waves, done = time.perf_counter(), 0
     for i, wave in enumerate(waves):
         tw = time.perf_counter()
-        frame = pending[pending.shard.isin(wave)]
+        frame = wave_rows(pending, wave)
         res = _run_wave(frame, cfg)
         results.append(res)
         now, done = time.perf_counter(), done + len(frame)

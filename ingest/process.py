@@ -6,8 +6,10 @@ costs no decode) -> read bytes -> decode NIfTI (magic-byte gzip detection) or a 
 :mod:`ctvlp.transforms.study` (shared with ``ctvlp.predict``, so a scan scored from disk goes
 through exactly these steps): repair the header from the metadata row (CT-RATE), checks (3D,
 finite, geometry: spacing, obliquity, size; CT range), the mask on the image grid holding only
-class-map ids, then crop / canonical RAS (D, H, W) / group / resample / HU window / crop + pad /
-boxes -> token ids -> compress.
+class-map ids, then crop to the anatomies at native resolution (with room for margin and min
+size) -> canonical RAS (D, H, W) views -> resample (nearest raw ids, then grouped; trilinear
+image) -> boxes / voxel counts -> final crop + margin -> HU window to uint8 -> pad to min size
+(``study.transform`` says which copies this order saves) -> token ids -> compress.
 
 No Ray here: :mod:`ingest.pipeline` calls :func:`process_batch` from ``map_batches``; tests and
 ``bench/ingest.py`` call it directly.

@@ -100,8 +100,15 @@ def plan_shards(df: pd.DataFrame, *, target_mb: float, sample_mb: float,
     return out
 
 
+def committed(storage: Storage, root: str) -> set[str]:
+    """Names of the committed groups, from one listing of ``_done/`` (no marker is read)."""
+    prefix = join(root, "_done") + "/"
+    return {uri[len(prefix):-len(".json")] for uri in storage.list_files(join(root, "_done"), ".json")}
+
+
 def completed(storage: Storage, root: str) -> dict[str, dict[str, Any]]:
-    """Committed groups: ``{shard: {"written": [...], "quarantined": [...]}}``."""
+    """Committed groups with their markers: ``{shard: {"written": [...], "quarantined": [...]}}``
+    (one GET per group: for audits and tests; planning needs only :func:`committed`)."""
     out = {}
     for uri in storage.list_files(join(root, "_done"), ".json"):
         rec = json.loads(storage.read_bytes(uri))
@@ -150,6 +157,24 @@ def read_table(storage: Storage, uri: str, columns: list[str] | None = None) -> 
     return pq.read_table(path, filesystem=fs, columns=columns)
 
 
+def _read_sized(storage: Storage, uri: str, columns: list[str]) -> tuple[pa.Table, int]:
+    """``(columns of the file, its size in bytes)``: the size comes with the open, no extra request."""
+    fs, path = storage.arrow_fs(uri)
+    with fs.open_input_file(path) as f:
+        return pq.read_table(f, columns=columns), int(f.size())
+
+
+def shard_table(files: list[str], tables: list[pa.Table], sizes: list[int]) -> dict[str, list[dict[str, Any]]]:
+    """The index's ``shards`` entry: ``{split: [{"name", "rows", "bytes"}, ...]}`` sorted by name,
+    the split read from the shard name (``<split>-<bucket>-of-<n>``). Readers take their file list
+    from it (``jobs.data.shard_files``): no listing, no footer or marker read per epoch."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for uri, table, size in sorted(zip(files, tables, sizes), key=lambda t: t[0]):
+        name = uri.rsplit("/", 1)[-1].removesuffix(".parquet")
+        out.setdefault(name.split("-", 1)[0], []).append({"name": name, "rows": table.num_rows, "bytes": size})
+    return out
+
+
 def _hist(values: list[float], edges: list[float]) -> dict[str, int]:
     counts, _ = np.histogram(values, bins=edges)
     return {f"[{lo:g}, {hi:g})": int(c) for lo, hi, c in zip(edges[:-1], edges[1:], counts)}
@@ -159,7 +184,8 @@ def build_index(storage: Storage, root: str, anatomies: list[str]) -> tuple[dict
     """``(index, quarantine rows)`` of what is under ``root``, from metadata columns only (no voxel
     is read). The index counts unique written ids too, for the exactly-once check."""
     files = storage.list_files(join(root, "data"), ".parquet")
-    tables = [read_table(storage, f, META_COLUMNS) for f in files]
+    sized = [_read_sized(storage, f, META_COLUMNS) for f in files]
+    tables = [t for t, _ in sized]
     meta = pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame(columns=META_COLUMNS)
     qfiles = storage.list_files(join(root, "quarantine"), ".parquet")
     qt = [read_table(storage, f) for f in qfiles]
@@ -192,8 +218,30 @@ def build_index(storage: Storage, root: str, anatomies: list[str]) -> tuple[dict
                               for i, ax in enumerate(axes)},
         "oblique": _oblique(meta),
         "num_shards": len(files),
-        "shard_files": [f.rsplit("/", 1)[-1] for f in files],
+        "shards": shard_table(files, tables, [n for _, n in sized]),
     }, quar
+
+
+def index_uri(root: str) -> str:
+    return join(root, "index.json")
+
+
+def read_index(storage: Storage, root: str) -> dict[str, Any]:
+    """The committed dataset's ``index.json`` (one GET). Raises ValueError when there is none."""
+    uri = index_uri(root)
+    try:
+        return json.loads(storage.read_bytes(uri))
+    except FileNotFoundError:
+        raise ValueError(f"no {uri}: ingest writes it when every group is committed and the counts "
+                         "add up; run (or finish) the ingest job for this data.shards_uri") from None
+
+
+def commit_index(storage: Storage, root: str, anatomies: list[str]) -> dict[str, Any]:
+    """Build the index of what is under ``root`` and write it as ``index.json`` (tests, benchmarks;
+    the ingest job's :func:`ingest.pipeline.finalize` adds its count checks first)."""
+    index, _ = build_index(storage, root, anatomies)
+    storage.write_bytes(index_uri(root), json.dumps(index, indent=1).encode())
+    return index
 
 
 def _oblique(meta: pd.DataFrame) -> dict[str, Any]:

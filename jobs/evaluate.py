@@ -37,7 +37,7 @@ from ctvlp.eval.report import write_report  # noqa: E402
 from ctvlp.eval.tables import auc_with_ci, summary_line  # noqa: E402
 from ingest.storage import Storage, is_s3, join  # noqa: E402
 from jobs import common  # noqa: E402
-from jobs.data import count_rows, storage_of, train_shard_uris  # noqa: E402
+from jobs.data import ShardFiles, shard_files, storage_of, train_shard_uris  # noqa: E402
 
 READ_COLUMNS = ["study_id", "split", "shape", "spacing", "image", "mask", "codec", "boxes", "voxel_counts",
                 "texts", "abnormal", "input_ids", "disease_labels", "meta"]
@@ -132,13 +132,11 @@ def infer_splits(spec: Any, model_uri: str, splits: list[str], activation_sample
     actors load the model once for all splits)."""
     import ray.data
 
-    uris = [u for split in splits for u in train_shard_uris(spec, split)]
     storage = storage_of(spec)
-    fs, _ = storage.arrow_fs(uris[0]) if is_s3(uris[0]) else (None, None)
-    paths = [storage.fs(u)[1] for u in uris] if fs is not None else uris
+    files = [f for split in splits for f in shard_files(spec, split, storage)]
     res = spec.resources
     diseases = [d.model_dump() for d in spec.eval.disease_list(spec.data)]
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=READ_COLUMNS)
+    ds = ray.data.read_datasource(ShardFiles(files, storage, READ_COLUMNS, shuffle=False))
     ds = ds.map_batches(
         ZeroShotPredictor, batch_size=spec.eval.batch_size, batch_format="numpy",
         fn_constructor_kwargs=dict(model_uri=model_uri, diseases=diseases, roi=tuple(spec.data.eval_window),
@@ -148,7 +146,7 @@ def infer_splits(spec: Any, model_uri: str, splits: list[str], activation_sample
         num_gpus=res.gpus_per_worker if res.use_gpu else 0,
     )
     parts = progress_batches(ds.iter_batches(batch_size=spec.eval.batch_size, batch_format="numpy"),
-                             count_rows(spec, uris), f"evaluate {'+'.join(splits)}")
+                             sum(f.rows for f in files), f"evaluate {'+'.join(splits)}")
     if not parts:
         raise ValueError(f"splits {splits} have committed shards but no rows")
     ids = np.concatenate([p["study_id"] for p in parts]).astype(str)

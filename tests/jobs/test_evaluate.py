@@ -13,7 +13,7 @@ from ctvlp.config import load_spec
 from ctvlp.data import encode_volume
 from ctvlp.tasks import build_task
 from ctvlp.transforms.array import anatomy_boxes
-from ingest.shards import write_group
+from ingest.shards import commit_index, write_group
 from ingest.storage import Storage
 from jobs import evaluate as job
 
@@ -50,6 +50,7 @@ def setup(tmp_path_factory):
     for split, n in (("test", 12), ("valid", 8), ("train", 16)):
         rows = [shard_row(f"{split}{i:02d}", split, i, m) for i in range(n)]
         write_group(rows, f"{split}-00000-of-00001", Storage(), str(shards))
+    commit_index(Storage(), str(shards), base.data.anatomies)
     torch.manual_seed(0)
     export = build_task(base, 4, init={}).export(tmp / "export4")
     spec = load_spec("jobs/specs/debug.yaml", [

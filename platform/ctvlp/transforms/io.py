@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import zlib
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ def read_nifti(data: PathOrBytes) -> tuple[np.ndarray, np.ndarray, dict[str, Any
         raise VolumeError("unreadable", "not a NIfTI-1/2 file (bad sizeof_hdr)")
     try:
         img = klass.from_bytes(raw)
-        stored = np.asarray(img.dataobj.get_unscaled())
+        stored = _voxels(raw, img)
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for short or bad data
         kind = "truncated" if "bytes" in str(exc) or isinstance(exc, EOFError) else "unreadable"
         raise VolumeError(kind, f"cannot decode NIfTI voxels: {exc}") from exc
@@ -105,6 +106,18 @@ def read_nifti(data: PathOrBytes) -> tuple[np.ndarray, np.ndarray, dict[str, Any
         "inter": float(inter),
     }
     return array, np.asarray(img.affine, dtype=np.float64), info
+
+
+def _voxels(raw: bytes, img: Any) -> np.ndarray:
+    """The stored voxels as a read-only view of ``raw`` (no copy: at 512 x 512 x 300 int16 the
+    copy nibabel makes costs ~0.14 s per volume, a fifth of the read), in the stored dtype made
+    native-endian. Falls back to nibabel's reader for layouts the view does not cover."""
+    proxy = img.dataobj
+    dtype, shape, offset = np.dtype(proxy.dtype), tuple(int(n) for n in proxy.shape), int(proxy.offset)
+    if getattr(proxy, "order", "F") != "F" or offset + dtype.itemsize * math.prod(shape) > len(raw):
+        return np.asarray(proxy.get_unscaled())  # nibabel raises the precise error for short data
+    view = np.ndarray(shape, dtype=dtype, buffer=raw, offset=offset, order="F")
+    return view if dtype.isnative else view.astype(dtype.newbyteorder("="))
 
 
 def nifti_bytes(array_xyz: np.ndarray, affine: np.ndarray, compress: bool = True) -> bytes:

@@ -4,9 +4,9 @@ ingest (``ingest/process.py``) and the predictor (``ctvlp.predict``) both run, i
 Steps: header repair from a metadata row (CT-RATE) -> checks (finite, pixdim, spacing, obliquity,
 size, CT range: :func:`check_image`) -> the supplied or segmented mask on the image grid
 (:func:`check_mask_on_grid`) -> :func:`transform`: crop to the anatomies at native resolution
-(with room for margin and min size) -> canonical RAS (D, H, W) -> group TotalSegmentator ids ->
-resample (trilinear image, nearest mask) -> HU window to uint8 -> final crop + margin, pad to min
-size -> boxes / voxel counts. Every failure raises with a reason code of
+(with room for margin and min size) -> canonical RAS (D, H, W) views -> resample (nearest raw
+ids, then grouped; trilinear image) -> boxes / voxel counts -> final crop + margin -> HU window
+to uint8 -> pad to min size. Every failure raises with a reason code of
 :mod:`ctvlp.transforms.reasons` (a :class:`~ctvlp.transforms.validate.VolumeError` ``kind``).
 
 Shapes: stored volumes ``[X, Y, Z]`` with a ``[4, 4]`` voxel -> RAS mm affine; outputs ``[D, H, W]``.
@@ -22,7 +22,6 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
 from ctvlp import anatomy
 from ctvlp.transforms import array as T
@@ -145,26 +144,28 @@ def _native_window(mask_xyz: np.ndarray, affine: np.ndarray, lut: np.ndarray,
                    cfg: StudyConfig) -> tuple[slice, ...]:
     """Window of the *stored* grid that surely holds the final crop (box + margin, min size).
 
-    One ``find_objects`` pass over the raw TotalSegmentator mask gives every class's box; the
-    union over the grouping's classes is grown by the margin and to the min size (converted to
-    stored voxels). Cropping here, before reorientation, grouping and resampling, means the
-    flips/copies of ``to_canonical``, the LUT and the trilinear pass touch only the window; the
-    final crop is still ``crop_to_anatomies`` on the output grid, so the result is the same.
+    The union box of the grouping's classes in the raw TotalSegmentator mask (one table lookup
+    marks their voxels, three ``any`` projections bound them) is grown by the margin and to the
+    min size (converted to stored voxels). Cropping here, before reorientation, grouping and
+    resampling, means the flips/copies of ``to_canonical``, the LUT and the trilinear pass touch
+    only the window; the final crop is still taken on the output grid, so the result is the same.
     """
-    ids = np.flatnonzero(lut)  # TS class ids that belong to some anatomy
-    # nibabel hands back Fortran-ordered arrays: scan the transposed (C-ordered) view in memory
-    # order (5-10x faster than striding), then put the box axes back in (x, y, z) order.
-    flip = mask_xyz.flags.f_contiguous and not mask_xyz.flags.c_contiguous
-    found = ndimage.find_objects(mask_xyz.T if flip else mask_xyz, max_label=int(ids.max()))
-    boxes = [found[i - 1][::-1] if flip else found[i - 1]
-             for i in ids if i - 1 < len(found) and found[i - 1] is not None]
-    if not boxes:
+    relevant = T.lookup((lut > 0).astype(np.uint8), mask_xyz.astype(np.uint8, copy=False)).view(bool)
+    # the memory order of nibabel's Fortran-ordered arrays is the transposed view: reduce in it
+    flip = relevant.flags.f_contiguous and not relevant.flags.c_contiguous
+    mem = relevant.T if flip else relevant
+    outer = mem.any(axis=2)  # [axis 0, axis 1] of the memory order
+    spans = [np.flatnonzero(p) for p in (outer.any(axis=1), outer.any(axis=0), mem.any(axis=(0, 1)))]
+    if not len(spans[0]):
         raise validate.VolumeError("empty_mask", "no voxel of any anatomy of the grouping")
+    bounds = [(int(p[0]), int(p[-1]) + 1) for p in spans]
+    if flip:
+        bounds = bounds[::-1]  # back to (x, y, z)
     ornt = nib.orientations.io_orientation(affine)
     zooms = T.voxel_sizes(affine)
     out = []
     for ax in range(3):
-        lo, hi = min(b[ax].start for b in boxes), max(b[ax].stop for b in boxes)
+        lo, hi = bounds[ax]
         dhw = 2 - int(ornt[ax, 0])  # stored axis -> RAS axis (x, y, z) -> (D, H, W) index
         scale = cfg.spacing[dhw] / zooms[ax]  # stored voxels per output voxel
         need = max(hi - lo + 2 * cfg.crop_margin[dhw] * scale, cfg.min_size[dhw] * scale)
@@ -184,12 +185,12 @@ def _integer_mask(mask: np.ndarray) -> np.ndarray:
 def transform(image_xyz, affine, mask_xyz, cfg: StudyConfig) -> dict[str, Any]:
     """Arrays -> cropped uint8 image/mask ``[D, H, W]`` on the target grid + boxes and counts.
 
-    Args:
-        image_xyz: ``[X, Y, Z]`` HU; affine: its ``[4, 4]`` (repaired) affine;
-        mask_xyz: ``[X, Y, Z]`` raw TotalSegmentator ``total`` ids on the same grid.
-    Returns:
-        ``image`` uint8 and ``mask`` uint8 grouped ids ``[D, H, W]``, ``spacing`` (D, H, W) mm,
-        ``boxes`` int32 ``[M, 6]``, ``counts`` int64 ``[M]``, ``orig_spacing`` and ``orig_shape``.
+    The output grid is the resampled native window (:func:`_native_window`); within it, only
+    what the final crop keeps is windowed, and the mask is resampled before it is grouped:
+    nearest resampling of the raw ids (views of the stored window: flips and transposes cost no
+    copy) -> TotalSegmentator ids grouped on the output grid only -> boxes and counts -> the
+    crop (box + margin, min size) -> image: the window trilinearly resampled (the window's
+    canonical view converted to float32 in one pass) -> the crop -> HU window -> padding.
     """
     validate.check_spacing(T.voxel_sizes(affine))
     lut = _lut(json.dumps(cfg.grouping))
@@ -199,15 +200,18 @@ def transform(image_xyz, affine, mask_xyz, cfg: StudyConfig) -> dict[str, Any]:
     shift = np.eye(4)
     shift[:3, 3] = [w.start for w in window]
     crop_affine = affine @ shift  # voxel (0,0,0) of the window
-    image, spacing = T.to_canonical(image_xyz[window], crop_affine)
-    # The LUT gather in memory order too (see _native_window): group the transposed view.
-    grouped = T.group_mask(mask_xyz[window].T, lut).T
-    mask, _ = T.to_canonical(grouped, crop_affine)
-    image, out_spacing = T.resample(image, spacing, cfg.spacing, mode="trilinear")
-    mask, _ = T.resample(mask, spacing, cfg.spacing, mode="nearest")
-    image = T.hu_to_uint8(image, *cfg.hu_window)
-    image, mask, _ = T.crop_to_anatomies(image, mask, cfg.crop_margin, cfg.min_size)
+    ids, spacing = T.canonical_view(mask_xyz[window], crop_affine)
+    ids, out_spacing = T.resample(ids, spacing, cfg.spacing, mode="nearest")
+    mask = T.group_mask(ids, lut)  # the LUT on the output grid: grouping commutes with nearest
     boxes, counts = T.anatomy_boxes(mask, len(cfg.grouping))
-    return {"image": image, "mask": mask, "spacing": out_spacing, "boxes": boxes, "counts": counts,
-            "orig_spacing": T.voxel_sizes(affine).tolist(),
+    crop, pads, offset = T.crop_window(T.union_box(boxes), mask.shape, cfg.crop_margin, cfg.min_size)
+    image, _ = T.resample(T.canonical_view(image_xyz[window], crop_affine)[0], spacing, cfg.spacing)
+    image = T.hu_to_uint8(image[crop], *cfg.hu_window)
+    mask = mask[crop]
+    if any(p != (0, 0) for p in pads):  # 0 = air after windowing, background in the mask
+        image, mask = np.pad(image, pads), np.pad(mask, pads)
+    present = boxes[:, 0] >= 0
+    boxes[present] -= np.repeat(np.asarray(offset, dtype=boxes.dtype), 2)  # into crop coordinates
+    return {"image": np.ascontiguousarray(image), "mask": np.ascontiguousarray(mask), "spacing": out_spacing,
+            "boxes": boxes, "counts": counts, "orig_spacing": T.voxel_sizes(affine).tolist(),
             "orig_shape": tuple(int(s) for s in image_xyz.shape)}
