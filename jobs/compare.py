@@ -278,9 +278,9 @@ def compare(base: Any, out_uri: str | None = None) -> dict[str, Any]:
     out_uri = out_uri or join(base.storage.root.rstrip("/"), f"{base.name}-compare")
     runs = plan_runs(base)
     results, scores, labels = {}, {}, None
-    # the reference first: every other row is compared with it; each model is scored once trained,
-    # so a rerun after an interruption resumes with what is done
-    for run in sorted(runs, key=lambda r: r.row != base.compare.reference):
+    # seed by seed, the reference first in each: a run cut short still holds every row; each model
+    # is scored once trained, so a rerun after an interruption resumes with what is done
+    for run in sorted(runs, key=lambda r: (r.seed, r.row != base.compare.reference)):
         train_run(run)
         record_steps(run)
         results[run.label], lab, scores[run.label] = evaluate_run(run, out_uri)
