@@ -71,7 +71,8 @@ def test_dry_run_prints_the_plan(setup, capsys):
 def test_dry_run_fails_cleanly_without_shards(tmp_path, capsys):
     argv = ["--spec", "jobs/specs/debug.yaml", "--dry-run", f"data.shards_uri={tmp_path}", "eval.model=/nowhere"]
     assert job.main(argv) == 2
-    assert "no committed 'test' shards" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"no {tmp_path}/index.json" in err and "run (or finish) the ingest job" in err
 
 
 def test_output_dir_changes_with_model_and_eval_section(setup):
