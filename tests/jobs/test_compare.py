@@ -122,7 +122,7 @@ def test_compare_two_methods_end_to_end(ray_session, tmp_path):
     """CLIP against phase 2 alone on tiny shards, 2 optimiser steps each: one table in Markdown,
     CSV and HTML with the paired difference, per-anatomy columns, steps and seconds; afterwards
     every phase counts as done, so a rerun would train nothing."""
-    from ingest.shards import write_group
+    from ingest.shards import commit_index, write_group
     from ingest.storage import Storage
 
     spec = load_spec("jobs/specs/debug.yaml")
@@ -130,6 +130,7 @@ def test_compare_two_methods_end_to_end(ray_session, tmp_path):
     for split, n in (("train", 8), ("test", 12)):
         write_group(_shard_rows(split, n, m, seed=len(split)), f"{split}-00000-of-00001", Storage(sse=None),
                     str(tmp_path / "shards"))
+    commit_index(Storage(sse=None), str(tmp_path / "shards"), spec.data.anatomies)  # the readers list shards from it
     base = load_spec("jobs/specs/debug.yaml", [
         f"data.shards_uri={tmp_path / 'shards'}", f"storage.root={tmp_path / 'runs'}", "name=cmp",
         "compare.methods=[clip,p2_only]", "compare.reference=p2_only", "compare.seeds={}",
