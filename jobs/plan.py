@@ -41,6 +41,12 @@ def phase_fingerprint(spec: JobSpec, phase: int, length: int = 10) -> str:
     tree["phases"] = {f"phase{phase}": tree["phases"][f"phase{phase}"]}
     for key in ("eval", "tune", "compare"):
         tree.pop(key, None)
+    methods = tree.pop("methods", None)
+    if phase == 2 and methods and methods.get("phase2_task", "alignment") != "alignment":
+        # another method trains phase 2: only its own settings decide the result; every other
+        # run keeps its name whatever the (unused) method sections say
+        task = methods["phase2_task"]
+        tree["methods"] = {"phase2_task": task, "findings": methods.get("findings"), task: methods.get(task)}
     tree["resources"].pop("max_failures", None)  # retries do not change the result
     blob = json.dumps(tree, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
