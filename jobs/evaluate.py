@@ -37,7 +37,7 @@ from ctvlp.eval.report import write_report  # noqa: E402
 from ctvlp.eval.tables import auc_with_ci, summary_line  # noqa: E402
 from ingest.storage import Storage, is_s3, join  # noqa: E402
 from jobs import common  # noqa: E402
-from jobs.data import ShardFiles, shard_files, storage_of, train_shard_uris  # noqa: E402
+from jobs.data import read_shards, shard_files, storage_of, train_shard_uris  # noqa: E402
 
 READ_COLUMNS = ["study_id", "split", "shape", "spacing", "image", "mask", "codec", "boxes", "voxel_counts",
                 "texts", "abnormal", "input_ids", "disease_labels", "meta"]
@@ -133,13 +133,11 @@ class SplitOutputs:
 def infer_splits(spec: Any, model_uri: str, splits: list[str], activation_samples: int = 64) -> dict[str, SplitOutputs]:
     """Ray Data batch inference over the committed shards of ``splits``, in one execution (the
     actors load the model once for all splits)."""
-    import ray.data
-
     storage = storage_of(spec)
     files = [f for split in splits for f in shard_files(spec, split, storage)]
     res = spec.resources
     diseases = [d.model_dump() for d in spec.eval.disease_list(spec.data)]
-    ds = ray.data.read_datasource(ShardFiles(files, storage, READ_COLUMNS, shuffle=False))
+    ds = read_shards(files, storage, READ_COLUMNS, shuffle=False)
     ds = ds.map_batches(
         ZeroShotPredictor, batch_size=spec.eval.batch_size, batch_format="numpy",
         fn_constructor_kwargs=dict(model_uri=model_uri, diseases=diseases, roi=tuple(spec.data.eval_window),
