@@ -1,6 +1,7 @@
 """Zero-shot diagnosis of an exported model over the evaluation split, with metrics, pictures and report.
 
-Ray Data batch inference: the split's committed shards are read with ``read_parquet`` and mapped by
+Ray Data batch inference: the split's committed shards (listed by the index) are read with
+``jobs.data.read_shards`` and mapped by
 :class:`ZeroShotPredictor`, a callable class (one actor per ``resources.num_workers``, one GPU each
 when ``resources.use_gpu``) that loads the export once and returns, per study, the disease scores
 (:mod:`ctvlp.eval.zeroshot`), the anatomy embeddings and sampled token activations. The driver
