@@ -7,8 +7,8 @@ rest). Chosen over WebDataset tar by measurement (``bench/shard_format.py``, fig
 not by the container (Parquet and tar were within the run-to-run noise of our shared 2-core
 machine), so Parquet wins on what is left: column projection (the index and the eval's metadata
 scans read no voxels), row groups for streaming a 384 MB shard without holding it, typed nested
-columns for boxes and token ids instead of per-sample JSON members, and native, per-file parallel
-reads in Ray Data (``read_parquet``). Codec (``ingest.codec``/``codec_level``): on a 143 x 256 x 352
+columns for boxes and token ids instead of per-sample JSON members, and per-file parallel reads
+in Ray Data (one read task per file the index lists: ``jobs.data.read_shards``). Codec (``ingest.codec``/``codec_level``): on a 143 x 256 x 352
 uint8 crop, lz4 decoded 2-5x faster than zstd-3 for ~1.5x the bytes, zstd-1 sat between them,
 gzip (.nii.gz) was the slowest; the choice is bytes on the wire/disk vs cores per GPU.
 
@@ -17,7 +17,9 @@ Naming and resumption ("nothing lost, nothing twice"): the plan assigns each stu
 and the target shard size, so a rerun over the same manifest makes the same plan. A group is
 committed by ``_done/<shard>.json`` (its written and quarantined study ids), written after the
 data and quarantine files; a rerun skips committed groups and rewrites the others under the same
-names (a partially written group is overwritten, never duplicated).
+names (a partially written group is overwritten, never duplicated). Once every group is committed
+and the counts add up, ``index.json`` lists the shard files of each split with their rows and
+bytes (:func:`shard_table`): readers take their file list from it, never from a listing.
 """
 
 from __future__ import annotations

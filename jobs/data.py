@@ -78,14 +78,19 @@ def train_shard_uris(spec: Any, split: str = "train") -> list[str]:
     return [f.uri for f in shard_files(spec, split)]
 
 
+ROWS_PER_BLOCK = 4  # studies per block: the augment map's batch (Ray fuses it with the read)
+
+
 def read_shard_file(uri: str, storage: Storage, columns: list[str]):
-    """Yield the shard file's row groups as ``pyarrow.Table`` blocks of ``columns`` (streamed:
-    one row group, ~16 studies, in memory at a time)."""
+    """Yield the shard file's rows as ``pyarrow.Table`` blocks of ``columns``, ``ROWS_PER_BLOCK``
+    rows each (zero-copy slices; streamed: one row group, ~16 studies, in memory at a time)."""
     fs, path = storage.arrow_fs(uri)
     with fs.open_input_file(path) as f:
         parquet = pq.ParquetFile(f)
         for i in range(parquet.num_row_groups):
-            yield parquet.read_row_group(i, columns=columns)
+            group = parquet.read_row_group(i, columns=columns)
+            for start in range(0, group.num_rows, ROWS_PER_BLOCK):
+                yield group.slice(start, ROWS_PER_BLOCK)
 
 
 class ShardFiles(Datasource):
@@ -161,6 +166,16 @@ class CollateColumns(NumpyBatchCollateFn):
         return collate_columns(batch)
 
 
+def read_shards(files: list[ShardFile], storage: Storage, columns: list[str], seed: int = 0,
+                shuffle: bool = True) -> Any:
+    """``ray.data.Dataset`` of the files' rows: one read task per file and no further split of its
+    blocks (with fewer files than its default parallelism Ray Data would split them)."""
+    import ray.data
+
+    return ray.data.read_datasource(ShardFiles(files, storage, columns, seed=seed, shuffle=shuffle),
+                                    override_num_blocks=len(files))
+
+
 def build_train_dataset(spec: Any) -> tuple[Any, int]:
     """``(ray.data.Dataset of augmented rows, number of studies)`` for ``spec``'s train split."""
     import ray.data
@@ -169,12 +184,15 @@ def build_train_dataset(spec: Any) -> tuple[Any, int]:
     storage = storage_of(spec)
     files = shard_files(spec, "train", storage)
     cache = 0 < sum(f.bytes for f in files) <= spec.data.cache_train_mb * 2**20
-    ds = ray.data.read_datasource(ShardFiles(files, storage, _TRAIN_COLUMNS, seed=spec.seed, shuffle=not cache))
+    ds = read_shards(files, storage, _TRAIN_COLUMNS, seed=spec.seed, shuffle=not cache)
     if cache:
         # A small split is read once and replayed from the object store; rows then reach the
         # workers in a fixed order, mixed by their local shuffle buffers.
         ds = ds.materialize()
-    ds = ds.map_batches(augment_batch, batch_size=4, batch_format="numpy",
+    # batch_size=None: one block (ROWS_PER_BLOCK studies) per call, which lets Ray Data fuse the
+    # map into the read task (a map with a batch size is never fused with a read), so the
+    # compressed rows make no round trip through the object store
+    ds = ds.map_batches(augment_batch, batch_size=None, batch_format="numpy",
                         fn_kwargs={"crop_size": tuple(spec.data.crop_size), "flip_prob": spec.data.flip_prob})
     return ds, sum(f.rows for f in files)
 
@@ -182,12 +200,10 @@ def build_train_dataset(spec: Any) -> tuple[Any, int]:
 def build_valid_dataset(spec: Any) -> tuple[Any, int]:
     """``(ray.data.Dataset, number of studies)`` of the valid split: the training crop size, no
     flips, crops fixed by a seed so that every validation sees the same windows."""
-    import ray.data
-
     storage = storage_of(spec)
     files = shard_files(spec, "valid", storage)
-    ds = ray.data.read_datasource(ShardFiles(files, storage, _TRAIN_COLUMNS, shuffle=False)).materialize()
-    ds = ds.map_batches(augment_batch, batch_size=4, batch_format="numpy",
+    ds = read_shards(files, storage, _TRAIN_COLUMNS, shuffle=False).materialize()
+    ds = ds.map_batches(augment_batch, batch_size=None, batch_format="numpy",
                         fn_kwargs={"crop_size": tuple(spec.data.crop_size), "flip_prob": 0.0, "seed": spec.seed})
     return ds, sum(f.rows for f in files)
 

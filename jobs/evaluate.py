@@ -1,6 +1,7 @@
 """Zero-shot diagnosis of an exported model over the evaluation split, with metrics, pictures and report.
 
-Ray Data batch inference: the split's committed shards are read with ``read_parquet`` and mapped by
+Ray Data batch inference: the split's committed shards (listed by the index) are read with
+``jobs.data.read_shards`` and mapped by
 :class:`ZeroShotPredictor`, a callable class (one actor per ``resources.num_workers``, one GPU each
 when ``resources.use_gpu``) that loads the export once and returns, per study, the disease scores
 (:mod:`ctvlp.eval.zeroshot`), the anatomy embeddings and sampled token activations. The driver
@@ -37,7 +38,7 @@ from ctvlp.eval.report import write_report  # noqa: E402
 from ctvlp.eval.tables import auc_with_ci, summary_line  # noqa: E402
 from ingest.storage import Storage, is_s3, join  # noqa: E402
 from jobs import common  # noqa: E402
-from jobs.data import ShardFiles, shard_files, storage_of, train_shard_uris  # noqa: E402
+from jobs.data import read_shards, shard_files, storage_of, train_shard_uris  # noqa: E402
 
 READ_COLUMNS = ["study_id", "split", "shape", "spacing", "image", "mask", "codec", "boxes", "voxel_counts",
                 "texts", "abnormal", "input_ids", "disease_labels", "meta"]
@@ -130,13 +131,11 @@ class SplitOutputs:
 def infer_splits(spec: Any, model_uri: str, splits: list[str], activation_samples: int = 64) -> dict[str, SplitOutputs]:
     """Ray Data batch inference over the committed shards of ``splits``, in one execution (the
     actors load the model once for all splits)."""
-    import ray.data
-
     storage = storage_of(spec)
     files = [f for split in splits for f in shard_files(spec, split, storage)]
     res = spec.resources
     diseases = [d.model_dump() for d in spec.eval.disease_list(spec.data)]
-    ds = ray.data.read_datasource(ShardFiles(files, storage, READ_COLUMNS, shuffle=False))
+    ds = read_shards(files, storage, READ_COLUMNS, shuffle=False)
     ds = ds.map_batches(
         ZeroShotPredictor, batch_size=spec.eval.batch_size, batch_format="numpy",
         fn_constructor_kwargs=dict(model_uri=model_uri, diseases=diseases, roi=tuple(spec.data.eval_window),

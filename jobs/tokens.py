@@ -189,7 +189,7 @@ def build_token_cache(spec: Any, export_uri: str, out_uri: str, splits: Sequence
     import ray.data
 
     from ingest.storage import join
-    from jobs.data import ShardFiles, shard_files, storage_of
+    from jobs.data import read_shards, shard_files, storage_of
     from jobs.evaluate import READ_COLUMNS, fetch_export
 
     storage = storage_of(spec)
@@ -198,7 +198,7 @@ def build_token_cache(spec: Any, export_uri: str, out_uri: str, splits: Sequence
     if storage.exists(marker) and storage.read_bytes(marker).decode().split() == sorted(splits):
         return out
     files = [f for split in splits for f in shard_files(spec, split, storage)]
-    ds = ray.data.read_datasource(ShardFiles(files, storage, READ_COLUMNS, shuffle=False))
+    ds = read_shards(files, storage, READ_COLUMNS, shuffle=False)
     ds = ds.map_batches(TokenEncoder, batch_size=4, batch_format="numpy", num_cpus=num_cpus,
                         compute=ray.data.ActorPoolStrategy(size=num_actors),
                         fn_constructor_kwargs={"export_dir": fetch_export(export_uri, storage),
