@@ -13,12 +13,16 @@ from ctvlp.config.loader import (
 )
 from ctvlp.config.schema import (
     DATA_PRESETS,
+    ASGSpec,
     DataSpec,
+    DecoderSpec,
     DiseaseSpec,
     EvalSpec,
     IngestSpec,
     InitSpec,
     JobSpec,
+    MedSLIPSpec,
+    MethodsSpec,
     ModelSpec,
     PhaseSpec,
     PhasesSpec,

@@ -1,5 +1,9 @@
 """One task per phase and the factory that builds a phase's task from a spec.
 
+Phase 2 can be trained by another method instead of ViSD-Boost's alignment: ``METHODS`` maps
+``methods.phase2_task`` to its task (ASG, MeDSLIP; docs/methods.md). A method's task is a
+:class:`Task` like any phase's, so the runner, the golden harness and the evaluation take it as is.
+
 ``build_task(spec, phase, init)`` loads each initialisation strictly. ``init`` maps the phase's
 init fields (vision_encoder, text_encoder, aligned_model, vqvae) to *local* export directories;
 by default they are read from the spec, where a phase reference ("phase2") must already have been
@@ -11,7 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ctvlp.config import JobSpec, is_phase_ref
+from ctvlp.tasks.asg import ASGTask
 from ctvlp.tasks.base import Task, total_loss
+from ctvlp.tasks.medslip import MedSLIPTask
 from ctvlp.tasks.phase1 import DiseaseContrastiveTask
 from ctvlp.tasks.phase2 import AlignmentTask
 from ctvlp.tasks.phase3 import NormalityTask
@@ -22,6 +28,13 @@ TASKS: dict[int, type[Task]] = {
     2: AlignmentTask,
     3: NormalityTask,
     4: BoostedAlignmentTask,
+}
+
+# methods.phase2_task -> the task that trains phase 2
+METHODS: dict[str, type[Task]] = {
+    "alignment": AlignmentTask,
+    "asg": ASGTask,
+    "medslip": MedSLIPTask,
 }
 
 # init field -> [(task part, part in the export)]
@@ -35,9 +48,7 @@ INIT_PARTS: dict[str, list[tuple[str, str]]] = {
 
 def build_task(spec: JobSpec, phase: int, init: dict[str, str | Path] | None = None) -> Task:
     """The phase's task with its initial weights loaded (strict: a listed part must load)."""
-    if phase not in TASKS:
-        raise ValueError(f"phase must be one of {sorted(TASKS)}, got {phase!r}")
-    task = TASKS[phase](spec)
+    task = task_class(spec, phase)(spec)
     refs = dict(spec.phase(phase).init.refs()) if init is None else {k: v for k, v in init.items() if v}
     for field, uri in refs.items():
         if is_phase_ref(str(uri)):
@@ -54,4 +65,21 @@ def build_task(spec: JobSpec, phase: int, init: dict[str, str | Path] | None = N
     return task
 
 
-__all__ = ["Task", "TASKS", "build_task", "total_loss", "INIT_PARTS"]
+def task_class(spec: JobSpec, phase: int) -> type[Task]:
+    """The task class of ``phase`` under ``spec`` (phase 2: ``METHODS[methods.phase2_task]``)."""
+    if phase not in TASKS:
+        raise ValueError(f"phase must be one of {sorted(TASKS)}, got {phase!r}")
+    if phase == 2:
+        return METHODS[spec.methods.phase2_task]
+    return TASKS[phase]
+
+
+def method_parts(spec: JobSpec, method: str) -> dict:
+    """Freshly built parts of ``method``'s task under ``spec`` (``{part: nn.Module}``): the
+    modules an export of that method loads into (``ctvlp.eval.embed.EvalModel.from_export``)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {sorted(METHODS)}")
+    return dict(METHODS[method](spec).module.items())
+
+
+__all__ = ["Task", "TASKS", "METHODS", "build_task", "task_class", "method_parts", "total_loss", "INIT_PARTS"]
