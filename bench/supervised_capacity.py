@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=240.0)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: --seconds decides)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=args.lr)
     gen = torch.Generator().manual_seed(0)
     t0, steps, losses = time.time(), 0, []
-    while time.time() - t0 < args.seconds:
+    while (steps < args.steps) if args.steps else (time.time() - t0 < args.seconds):
         idx = torch.randint(0, len(x_tr), (args.batch_size,), generator=gen)
         y = y_tr[idx]
         known = ~torch.isnan(y)
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
         steps += 1
         losses.append(loss.item())
+    elapsed = time.time() - t0
     model.eval()
     with torch.no_grad():
         scores = torch.cat([logits(model, head, x_te[i : i + 32], m_te[i : i + 32], cols)
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"run": str(run), "seconds": args.seconds, "steps": steps, "batch_size": args.batch_size,
+    result = {"run": str(run), "spec": args.spec, "seconds": round(elapsed, 1), "steps": steps, "batch_size": args.batch_size,
               "lr": args.lr, "threads": 2, "loss_first10": float(np.mean(losses[:10])),
               "loss_last10": float(np.mean(losses[-10:])), "num_train": len(x_tr), "num_test": len(x_te), "auc": auc}
     (out / "supervised_capacity.json").write_text(json.dumps(result, indent=1))
@@ -101,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     zs = json.loads(zs_path.read_text())["auc"]["image zero-shot"] if zs_path.is_file() else {}
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     lines = ["# Supervised ceiling of the demo's vision model (bench/supervised_capacity.py)", "",
-             f"`jobs/specs/demo.yaml`'s vision model from scratch + one logit per disease on its anatomy "
-             f"embedding, BCE on the train split ({len(x_tr)} studies) for {args.seconds:.0f} s "
+             f"`{Path(args.spec).relative_to(ROOT) if Path(args.spec).is_relative_to(ROOT) else args.spec}`'s "
+             "vision model from scratch + one logit per disease on its anatomy "
+             f"embedding, BCE on the train split ({len(x_tr)} studies) for {elapsed:.0f} s "
              f"({steps} steps of {args.batch_size}, 2 threads); test AUC ({len(x_te)} studies). The "
              "zero-shot column is `zeroshot_diagnosis.json` (the demo's phase-4 model) when present.", "",
              "| disease | supervised | zero-shot |", "|---|---|---|"]

@@ -6,9 +6,11 @@
         |             --data.exclude_volumes--> quarantine/_excluded.parquet
         |             --duplicates--> quarantine/_duplicates.parquet
         | plan: study -> shard group (deterministic), skip committed groups (_done/*.json)
+        v
+    [ingest.segmentation=totalsegmentator: one actor pool for the whole run segments every pending
+     study without a mask (ingest.segment); masks stored under <shards_uri>/_masks/]
         v  per wave of groups:
-    from_pandas -> [map_batches TotalSegmentatorActor, GPU actor pool, only without masks]
-                -> [map_batches LLMReportActor, actor pool, only with ingest.report_parser=llm]
+    from_pandas -> [map_batches LLMReportActor, actor pool, only with ingest.report_parser=llm]
                 -> map_batches process_batch (CPU: read, decode, repair, canonical, crop, resample,
                    window, boxes, report parse, tokenise, compress)
                 -> groupby(shard).map_groups(write one Parquet shard + quarantine part + marker)
@@ -21,6 +23,7 @@ executor (with its progress bars). Only study ids are ever logged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -30,10 +33,13 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from ctvlp.tracking import eta_line
+from ctvlp.transforms.study import StudyConfig
 from ingest import manifest as mf
 from ingest import quarantine, shards
 from ingest.process import StageConfig, process_records
 from ingest.reports import ReportConfig
+from ingest.segment import SegmentConfig
 from ingest.storage import Storage, join, storage_from_spec
 
 # Output columns of the CPU stage: the shard columns (nullable for quarantined rows) + bookkeeping.
@@ -54,7 +60,7 @@ class IngestConfig:
     valid_fraction: float = 0.1
     seed: int = 0
     segmentation: str = "supplied"
-    totalseg_fast: bool = False
+    segment: SegmentConfig | None = None  # with segmentation="totalsegmentator" (ingest.totalseg)
     batch_size: int = 4
     num_cpus_per_task: float = 1.0
     max_studies: int = 0
@@ -70,18 +76,16 @@ class IngestConfig:
         d, ing = spec.data, spec.ingest
         if not d.source_uri or not d.shards_uri:
             raise ValueError("data.source_uri and data.shards_uri must be set for ingest")
-        stage = StageConfig(
-            grouping=d.grouping_table, spacing=tuple(d.spacing), hu_window=tuple(d.hu_window),
-            crop_margin=tuple(d.crop_margin), min_size=tuple(d.min_size), codec=ing.codec,
-            codec_level=ing.codec_level, repair_headers=ing.repair_headers,
+        stage = StageConfig(  # the grid and checks exactly as ctvlp.predict reads them from a spec
+            **StudyConfig.from_spec(spec).as_kwargs(), codec=ing.codec, codec_level=ing.codec_level,
             text_name_or_path=spec.model.text.name_or_path, max_length=spec.model.text.max_length,
             storage=storage_from_spec(spec), reports=ReportConfig.from_spec(ing),
-            min_slices=ing.min_slices, min_extent_mm=tuple(ing.min_extent_mm), max_oblique_deg=ing.max_oblique_deg,
         )
+        segment = SegmentConfig.from_spec(spec) if ing.segmentation == "totalsegmentator" else None
         return cls(
             source_uri=d.source_uri, shards_uri=d.shards_uri, stage=stage,
             manifest_format=d.manifest_format, valid_fraction=d.valid_fraction, seed=spec.seed,
-            segmentation=ing.segmentation, totalseg_fast=ing.totalseg_fast,
+            segmentation=ing.segmentation, segment=segment,
             batch_size=ing.batch_size, num_cpus_per_task=ing.num_cpus_per_task,
             max_studies=ing.max_studies, shard_target_mb=ing.shard_target_mb,
             # Not (yet) in IngestSpec: read with defaults so that the spec can grow them later.
@@ -123,6 +127,9 @@ def _fingerprint(planned: pd.DataFrame, cfg: IngestConfig) -> dict[str, Any]:
         "codec_level": st.codec_level, "tokenizer": st.text_name_or_path, "max_length": st.max_length,
         "reports": st.reports.fingerprint(), "min_slices": st.min_slices,
         "min_extent_mm": list(st.min_extent_mm), "max_oblique_deg": st.max_oblique_deg,
+        # Only where they apply, so that shards of earlier runs without them still resume.
+        **({"segmentation": cfg.segment.fingerprint()} if cfg.segment else {}),
+        **({"dicom": dataclasses.asdict(st.dicom)} if (planned.image_format == "dicom").any() else {}),
     }
 
 
@@ -143,6 +150,14 @@ def _check_job(storage: Storage, root: str, fp: dict[str, Any]) -> None:
 
 def _waves(shard_names: list[str], per_wave: int) -> list[list[str]]:
     return [shard_names[i : i + per_wave] for i in range(0, len(shard_names), per_wave)]
+
+
+def wave_rows(pending: pd.DataFrame, wave: list[str]) -> pd.DataFrame:
+    """The rows of ``wave`` (consecutive names of the sorted plan) from ``pending`` sorted by
+    shard: one binary search per wave, not a scan of the whole plan (that would be N x waves)."""
+    col = pending.shard.to_numpy()
+    lo, hi = col.searchsorted(wave[0], side="left"), col.searchsorted(wave[-1], side="right")
+    return pending.iloc[lo:hi]
 
 
 def _quarantine_listed(storage: Storage, root: str, name: str, rows: pd.DataFrame, reason: str,
@@ -178,7 +193,7 @@ def prepare(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[str, 
     if cfg.exclude_volumes:
         log(f"[ingest] excluded {len(excluded)} rows listed in data.exclude_volumes; "
             f"{len(unmatched)} listed names are not in the manifest")
-    done = shards.completed(storage, root)
+    done = shards.committed(storage, root)  # one listing; markers are not read
     pending = planned[~planned.shard.isin(done)]
     log(f"[ingest] manifest: {len(df)} rows, {len(dups)} duplicate ids, "
         f"{planned.shard.nunique()} shard groups; already done: {len(planned) - len(pending)} "
@@ -208,10 +223,6 @@ def _run_wave(frame: pd.DataFrame, cfg: IngestConfig) -> pd.DataFrame:
 
 
 def _execute_wave(ds, frame: pd.DataFrame, cfg: IngestConfig) -> pd.DataFrame:
-    if cfg.segmentation == "totalsegmentator":
-        from ingest.segment import add_segmentation_stage
-
-        ds = add_segmentation_stage(ds, cfg)
     if cfg.stage.reports.parser == "llm":
         from ingest.reports import add_llm_stage
 
@@ -251,7 +262,7 @@ def finalize(cfg: IngestConfig, manifest_size: int, stats: dict[str, Any]) -> di
             f"{manifest_size}: shards under {root} are incomplete or from another run"
         )
     index["manifest_size"] = manifest_size
-    storage.write_bytes(join(root, "index.json"), json.dumps(index, indent=1).encode())
+    storage.write_bytes(shards.index_uri(root), json.dumps(index, indent=1).encode())
     storage.write_bytes(join(root, "summary.md"), shards.summary_markdown(index, stats).encode())
     storage.write_bytes(join(root, "quarantine.parquet"),
                         shards._parquet_bytes(pa.Table.from_pandas(quar, preserve_index=False)))
@@ -263,24 +274,30 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[st
     import ray
 
     t0 = time.perf_counter()
-    if cfg.segmentation == "totalsegmentator":
+    if cfg.segment:
         from jobs.preflight import require_segmentation
 
-        require_segmentation(cfg.totalseg_fast)  # before anything is read or written (jobs/preflight.py)
+        require_segmentation(cfg.segment)  # before anything is read or written (jobs/preflight.py)
     plan = prepare(cfg, log)
-    pending = plan["pending"]
+    pending, seg_stats = plan["pending"], {}
+    if cfg.segment and len(pending):
+        from ingest.segment import run_segmentation
+
+        pending, seg_stats = run_segmentation(pending, cfg, log)
+    pending = pending.sort_values("shard", kind="stable")  # a wave is one slice of it
     names = sorted(pending.shard.unique())
     per_wave = cfg.groups_per_wave or max(1, 2 * int(ray.cluster_resources().get("CPU", 1)))
     results = []
     waves = _waves(names, per_wave)
+    t_waves, done = time.perf_counter(), 0
     for i, wave in enumerate(waves):
         tw = time.perf_counter()
-        frame = pending[pending.shard.isin(wave)]
+        frame = wave_rows(pending, wave)
         res = _run_wave(frame, cfg)
         results.append(res)
-        dt = time.perf_counter() - tw
-        log(f"[ingest] wave {i + 1}/{len(waves)}: {len(frame)} studies in {len(wave)} groups, "
-            f"{dt:.1f} s ({len(frame) / max(dt, 1e-9):.2f} studies/s)")
+        now, done = time.perf_counter(), done + len(frame)
+        log(f"{eta_line('ingest', done, len(pending), now - t_waves, 'studies')} | wave {i + 1}/{len(waves)}: "
+            f"{len(frame)} studies in {len(wave)} groups, {now - tw:.1f} s")
     res = pd.concat(results, ignore_index=True) if results else pd.DataFrame(
         columns=["study_id", "status", "seconds", "timings", "write_s"])
     stats = {
@@ -288,7 +305,7 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[st
         "num_excluded": plan["num_excluded"], "num_invalid_split": plan["num_invalid_split"],
         "num_skipped": len(plan["planned"]) - len(pending),
         "num_ok_this_run": int((res.status == "ok").sum()) if len(res) else 0,
-        "stage_seconds": _stage_seconds(res), "num_waves": len(waves),
+        "stage_seconds": _stage_seconds(res), "num_waves": len(waves), "segmentation": seg_stats,
     }
     stats["wall_s"] = time.perf_counter() - t0
     index = finalize(cfg, stats["manifest_size"], stats)
@@ -299,4 +316,7 @@ def run_ingest(cfg: IngestConfig, log: Callable[[str], None] = print) -> dict[st
     for stage, sec in stats["stage_seconds"].items():
         rate = stats["num_decoded"] / sec if sec > 0 else float("inf")
         log(f"[ingest]   stage {stage:<9} {sec:8.2f} s total  {rate:8.2f} studies/s per core")
+    root = cfg.shards_uri
+    log(f"[ingest] outputs under {root}: shards {join(root, 'data')}, {join(root, 'index.json')}, "
+        f"{join(root, 'summary.md')} (counts, reasons), {join(root, 'quarantine.parquet')} (one row per bad input)")
     return stats

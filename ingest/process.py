@@ -3,12 +3,13 @@
 Steps (each a pure function of ``ctvlp.transforms`` / ``ctvlp.reports`` / ``ctvlp.models.text``):
 per-anatomy report texts and labels first (``ingest.reports``: a missing or unreadable report
 costs no decode) -> read bytes -> decode NIfTI (magic-byte gzip detection) or a DICOM series ->
-repair the header from the metadata row (CT-RATE) -> checks (3D, finite, geometry: spacing,
-obliquity, size; CT range) -> mask: read, check it is on the image grid and holds only class-map
-ids, group TotalSegmentator ids -> canonical RAS (D, H, W) -> crop to the anatomies at
-native resolution (with room for margin and min size) -> resample (trilinear image, nearest mask)
--> HU window to uint8 -> final crop + margin, pad to min size -> boxes / voxel counts -> token
-ids -> compress.
+:mod:`ctvlp.transforms.study` (shared with ``ctvlp.predict``, so a scan scored from disk goes
+through exactly these steps): repair the header from the metadata row (CT-RATE), checks (3D,
+finite, geometry: spacing, obliquity, size; CT range), the mask on the image grid holding only
+class-map ids, then crop to the anatomies at native resolution (with room for margin and min
+size) -> canonical RAS (D, H, W) views -> resample (nearest raw ids, then grouped; trilinear
+image) -> boxes / voxel counts -> final crop + margin -> HU window to uint8 -> pad to min size
+(``study.transform`` says which copies this order saves) -> token ids -> compress.
 
 No Ray here: :mod:`ingest.pipeline` calls :func:`process_batch` from ``map_batches``; tests and
 ``bench/ingest.py`` call it directly.
@@ -17,66 +18,37 @@ No Ray here: :mod:`ingest.pipeline` calls :func:`process_batch` from ``map_batch
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-import nibabel as nib
-import numpy as np
-from scipy import ndimage
-
-from ctvlp import anatomy
 from ctvlp.data.codec import encode_volume
-from ctvlp.transforms import array as T
-from ctvlp.transforms import header, io, validate
+from ctvlp.transforms import dicom, io, study
+from ctvlp.transforms.study import StudyConfig, check_geometry, repair, transform  # noqa: F401 - ingest's names
 from ingest.quarantine import QuarantineError, classify
 from ingest.reports import ReportConfig, report_labels
 from ingest.storage import Storage
 
 
 @dataclass(frozen=True)
-class StageConfig:
-    """Everything the CPU stage needs, as plain values (picklable into Ray tasks).
+class StageConfig(StudyConfig):
+    """Everything the CPU stage needs, as plain values (picklable into Ray tasks): the grid and
+    checks of :class:`~ctvlp.transforms.study.StudyConfig` plus
 
     Args:
-        anatomies / grouping: ordered anatomy names and ``{anatomy: [TS class names]}``.
-        spacing: target (D, H, W) mm; hu_window: (lo, hi) HU -> 0..255.
-        crop_margin / min_size: (D, H, W) voxels of the output grid.
         codec / codec_level: volume compression in shards.
-        repair_headers: rebuild geometry from the metadata row when it has one.
         text_name_or_path / max_length: the spec's tokenizer.
+        storage: where the studies' objects are read from.
         reports: the report parser and its policies (``ingest.report_*``, ``ingest.llm_*``).
-        min_slices / min_extent_mm: smaller inputs are quarantined as ``too_small``.
-        max_oblique_deg: more oblique inputs are quarantined as ``oblique``; the angle of every
-            written study is in its ``meta`` and in the index.
     """
 
-    grouping: dict[str, list[str]]
-    spacing: tuple[float, float, float]
-    hu_window: tuple[float, float]
-    crop_margin: tuple[int, int, int]
-    min_size: tuple[int, int, int]
     codec: str = "zstd"
     codec_level: int = 3
-    repair_headers: bool = True
     text_name_or_path: str = "tiny"
     max_length: int = 384
     storage: Storage = field(default_factory=Storage)
     reports: ReportConfig = field(default_factory=ReportConfig)
-    min_slices: int = 16
-    min_extent_mm: tuple[float, float, float] = (100.0, 150.0, 150.0)
-    max_oblique_deg: float = 5.0
-
-    @property
-    def anatomies(self) -> list[str]:
-        return list(self.grouping)
-
-
-@lru_cache(maxsize=4)
-def _lut(grouping_json: str) -> np.ndarray:
-    return anatomy.group_lut(json.loads(grouping_json))
 
 
 @lru_cache(maxsize=2)
@@ -93,121 +65,37 @@ def tokenize(texts: list[str], cfg: StageConfig) -> list[list[int]]:
     return text.tokenize_texts(_tokenizer(cfg.text_name_or_path), texts, cfg.max_length)
 
 
-def read_image(rec: dict[str, Any], storage: Storage) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Decode the study's image: ``(array_xyz, affine, info)`` (HU after any stored rescale)."""
+def read_image(rec: dict[str, Any], storage: Storage,
+               rules: dicom.DicomRules | None = None) -> tuple[Any, Any, dict]:
+    """Decode the study's image: ``(array_xyz, affine, info)`` (HU after any stored rescale).
+    A DICOM folder may hold several series: ``rules`` choose one (``ctvlp.transforms.dicom``)."""
     try:
         if rec["image_format"] == "dicom":
             files = storage.list_files(rec["image_uri"])
             if not files:
                 raise QuarantineError("unreadable", "no object under the DICOM series prefix")
-            return io.read_dicom_series([storage.read_bytes(f) for f in files])
+            return dicom.read_dicom_folder([storage.read_bytes(f) for f in files], rules or dicom.DicomRules())
         return io.read_nifti(storage.read_bytes(rec["image_uri"]))
     except (FileNotFoundError, PermissionError) as exc:
         raise QuarantineError("unreadable", f"image object: {type(exc).__name__}") from exc
 
 
-def repair(array: np.ndarray, affine: np.ndarray, info: dict, meta: dict, cfg: StageConfig):
-    """CT-RATE header repair: geometry and, when the file itself has no scaling, HU rescale."""
-    if not (cfg.repair_headers and meta):
-        return array, affine
-    try:
-        fixed = header.repair_header(affine, array.shape, meta)
-        slope, inter = header.rescale_from_meta(meta)
-    except ValueError as exc:
-        raise QuarantineError("bad_spacing", f"metadata geometry unusable: {type(exc).__name__}")
-    # Apply the metadata rescale only to unscaled files: a header that already carries
-    # scl_slope/scl_inter has been rescaled by read_nifti, and doing it twice corrupts HU.
-    if info.get("slope", 1.0) == 1.0 and info.get("inter", 0.0) == 0.0:
-        array = T.apply_rescale(array, slope, inter)
-    return array, fixed
-
-
-def read_mask(rec: dict[str, Any], shape, affines: list[np.ndarray], storage: Storage) -> np.ndarray:
-    """The supplied TotalSegmentator mask ``[X, Y, Z]``, checked to lie on the image grid.
+def read_mask(rec: dict[str, Any], shape, affines: list, storage: Storage):
+    """The study's TotalSegmentator mask ``[X, Y, Z]`` (supplied, or written by the segmentation
+    stage), checked to lie on the image grid.
 
     ``affines`` are the acceptable image affines (as stored, and after header repair): masks made
     before or after repairing a CT-RATE header are both on the image grid.
     """
-    segmented = rec.get("_mask_nifti")  # from the TotalSegmentator stage, when it ran
-    if not rec.get("mask_uri") and segmented is None:
+    if rec.get("_seg_error"):  # the TotalSegmentator stage (ingest.segment) failed on this study
+        raise QuarantineError("segmentation_failed", rec["_seg_error"])
+    if not rec.get("mask_uri"):
         raise QuarantineError("missing_mask", "no mask_uri and segmentation is 'supplied'")
     try:
-        raw = segmented if segmented is not None else storage.read_bytes(rec["mask_uri"])
-        mask, mask_affine, _ = io.read_nifti(raw)
+        mask, mask_affine, _ = io.read_nifti(storage.read_bytes(rec["mask_uri"]))
     except (FileNotFoundError, PermissionError) as exc:
         raise QuarantineError("unreadable", f"mask object: {type(exc).__name__}") from exc
-    errors = []
-    for aff in affines:
-        try:
-            validate.check_mask_matches(mask.shape, mask_affine, shape, aff)
-            return mask
-        except validate.VolumeError as exc:
-            errors.append(exc)
-    raise errors[-1]
-
-
-def _native_window(mask_xyz: np.ndarray, affine: np.ndarray, lut: np.ndarray,
-                   cfg: StageConfig) -> tuple[slice, ...]:
-    """Window of the *stored* grid that surely holds the final crop (box + margin, min size).
-
-    One ``find_objects`` pass over the raw TotalSegmentator mask gives every class's box; the
-    union over the grouping's classes is grown by the margin and to the min size (converted to
-    stored voxels). Cropping here, before reorientation, grouping and resampling, means the
-    flips/copies of ``to_canonical``, the LUT and the trilinear pass touch only the window; the
-    final crop is still ``crop_to_anatomies`` on the output grid, so the result is the same.
-    """
-    ids = np.flatnonzero(lut)  # TS class ids that belong to some anatomy
-    # nibabel hands back Fortran-ordered arrays: scan the transposed (C-ordered) view in memory
-    # order (5-10x faster than striding), then put the box axes back in (x, y, z) order.
-    flip = mask_xyz.flags.f_contiguous and not mask_xyz.flags.c_contiguous
-    found = ndimage.find_objects(mask_xyz.T if flip else mask_xyz, max_label=int(ids.max()))
-    boxes = [found[i - 1][::-1] if flip else found[i - 1]
-             for i in ids if i - 1 < len(found) and found[i - 1] is not None]
-    if not boxes:
-        raise validate.VolumeError("empty_mask", "no voxel of any anatomy of the grouping")
-    ornt = nib.orientations.io_orientation(affine)
-    zooms = T.voxel_sizes(affine)
-    out = []
-    for ax in range(3):
-        lo, hi = min(b[ax].start for b in boxes), max(b[ax].stop for b in boxes)
-        dhw = 2 - int(ornt[ax, 0])  # stored axis -> RAS axis (x, y, z) -> (D, H, W) index
-        scale = cfg.spacing[dhw] / zooms[ax]  # stored voxels per output voxel
-        need = max(hi - lo + 2 * cfg.crop_margin[dhw] * scale, cfg.min_size[dhw] * scale)
-        extra = int(math.ceil((need - (hi - lo)) / 2 + 2 * scale + 2))
-        out.append(slice(max(0, lo - extra), min(mask_xyz.shape[ax], hi + extra)))
-    return tuple(out)
-
-
-def _integer_mask(mask: np.ndarray) -> np.ndarray:
-    if np.issubdtype(mask.dtype, np.integer):
-        return mask
-    if not np.array_equal(mask, np.round(mask)) or mask.min() < 0 or mask.max() > 255:
-        raise validate.VolumeError("mask_labels", f"mask values are not TotalSegmentator ids ({mask.dtype})")
-    return mask.astype(np.uint8)
-
-
-def transform(image_xyz, affine, mask_xyz, cfg: StageConfig) -> dict[str, Any]:
-    """Arrays -> cropped uint8 image/mask ``[D, H, W]`` on the target grid + boxes and counts."""
-    validate.check_spacing(T.voxel_sizes(affine))
-    lut = _lut(json.dumps(cfg.grouping))
-    mask_xyz = _integer_mask(mask_xyz)
-    validate.check_mask_labels(mask_xyz, max(anatomy.ts_total_classes()))
-    window = _native_window(mask_xyz, affine, lut, cfg)
-    shift = np.eye(4)
-    shift[:3, 3] = [w.start for w in window]
-    crop_affine = affine @ shift  # voxel (0,0,0) of the window
-    image, spacing = T.to_canonical(image_xyz[window], crop_affine)
-    # The LUT gather in memory order too (see _native_window): group the transposed view.
-    grouped = T.group_mask(mask_xyz[window].T, lut).T
-    mask, _ = T.to_canonical(grouped, crop_affine)
-    image, out_spacing = T.resample(image, spacing, cfg.spacing, mode="trilinear")
-    mask, _ = T.resample(mask, spacing, cfg.spacing, mode="nearest")
-    image = T.hu_to_uint8(image, *cfg.hu_window)
-    image, mask, _ = T.crop_to_anatomies(image, mask, cfg.crop_margin, cfg.min_size)
-    boxes, counts = T.anatomy_boxes(mask, len(cfg.grouping))
-    return {"image": image, "mask": mask, "spacing": out_spacing, "boxes": boxes, "counts": counts,
-            "orig_spacing": T.voxel_sizes(affine).tolist(),
-            "orig_shape": tuple(int(s) for s in image_xyz.shape)}
+    return study.check_mask_on_grid(mask, mask_affine, shape, affines)
 
 
 def report_texts(rec: dict[str, Any], cfg: StageConfig) -> tuple[list[str], list[int]]:
@@ -215,17 +103,14 @@ def report_texts(rec: dict[str, Any], cfg: StageConfig) -> tuple[list[str], list
     return report_labels(rec, cfg.anatomies, cfg.reports)
 
 
-def check_geometry(shape_xyz, affine: np.ndarray, cfg: StageConfig) -> float:
-    """Spacing (``bad_spacing``: zero, negative, huge), obliquity (``oblique``) and size
-    (``too_small``) of the volume to be used; returns its obliquity in degrees."""
-    angle = validate.check_oblique(affine, cfg.max_oblique_deg)  # zero axes raise bad_spacing first
-    zooms = T.voxel_sizes(affine)
-    validate.check_spacing(zooms)
-    dhw = 2 - nib.orientations.io_orientation(affine)[:, 0].astype(int)  # stored axis -> (D, H, W) index
-    shape_dhw, spacing_dhw = np.empty(3, int), np.empty(3)
-    shape_dhw[dhw], spacing_dhw[dhw] = shape_xyz, zooms
-    validate.check_size(shape_dhw.tolist(), spacing_dhw.tolist(), cfg.min_slices, cfg.min_extent_mm)
-    return angle
+def read_checked(rec: dict[str, Any], cfg: StageConfig):
+    """Decode, repair and check the study's image: ``(array_xyz, affine, repaired affine, info,
+    oblique_deg)``. Raises on bad input (the segmentation actors call it too, so they never spend
+    a network pass on a study that this stage quarantines anyway)."""
+    image, affine, info = read_image(rec, cfg.storage, cfg.dicom)
+    meta = json.loads(rec.get("meta") or "{}")
+    image, fixed_affine, oblique_deg = study.check_image(image, affine, info, meta, cfg)
+    return image, affine, fixed_affine, info, oblique_deg
 
 
 def process_study(rec: dict[str, Any], cfg: StageConfig, timings: dict[str, float]) -> dict[str, Any]:
@@ -235,15 +120,8 @@ def process_study(rec: dict[str, Any], cfg: StageConfig, timings: dict[str, floa
     """
     t0 = time.perf_counter()
     texts, labels = report_texts(rec, cfg)  # first: a missing report costs no decode
-    image, affine, info = read_image(rec, cfg.storage)
-    validate.check_finite(image)
+    image, affine, fixed_affine, info, oblique_deg = read_checked(rec, cfg)
     meta = json.loads(rec.get("meta") or "{}")
-    image, fixed_affine = repair(image, affine, info, meta, cfg)
-    raw_pixdim = info.get("raw_pixdim", [1.0, 1.0, 1.0])
-    if not (cfg.repair_headers and meta) and not all(math.isfinite(z) and z > 0 for z in raw_pixdim):
-        raise QuarantineError("bad_spacing", f"header pixdim {[round(z, 4) for z in raw_pixdim]} mm: zero or negative")
-    oblique_deg = check_geometry(image.shape, fixed_affine, cfg)
-    validate.check_ct_range(image)
     mask = read_mask(rec, image.shape, [fixed_affine, affine], cfg.storage)
     t1 = time.perf_counter()
     out = transform(image, fixed_affine, mask, cfg)
@@ -262,6 +140,7 @@ def process_study(rec: dict[str, Any], cfg: StageConfig, timings: dict[str, floa
             "orig_shape": out["orig_shape"], "orig_spacing": [round(s, 4) for s in out["orig_spacing"]],
             "orig_axcodes": info.get("axcodes", ""), "source_format": info.get("format", ""),
             "header_repaired": bool(cfg.repair_headers and meta), "oblique_deg": round(oblique_deg, 2),
+            **({"dicom": info["dicom"]} if "dicom" in info else {}),  # numbers and fixed words only
         }),
     }
     t4 = time.perf_counter()

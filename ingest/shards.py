@@ -7,8 +7,8 @@ rest). Chosen over WebDataset tar by measurement (``bench/shard_format.py``, fig
 not by the container (Parquet and tar were within the run-to-run noise of our shared 2-core
 machine), so Parquet wins on what is left: column projection (the index and the eval's metadata
 scans read no voxels), row groups for streaming a 384 MB shard without holding it, typed nested
-columns for boxes and token ids instead of per-sample JSON members, and native, per-file parallel
-reads in Ray Data (``read_parquet``). Codec (``ingest.codec``/``codec_level``): on a 143 x 256 x 352
+columns for boxes and token ids instead of per-sample JSON members, and per-file parallel reads
+in Ray Data (one read task per file the index lists: ``jobs.data.read_shards``). Codec (``ingest.codec``/``codec_level``): on a 143 x 256 x 352
 uint8 crop, lz4 decoded 2-5x faster than zstd-3 for ~1.5x the bytes, zstd-1 sat between them,
 gzip (.nii.gz) was the slowest; the choice is bytes on the wire/disk vs cores per GPU.
 
@@ -17,7 +17,9 @@ Naming and resumption ("nothing lost, nothing twice"): the plan assigns each stu
 and the target shard size, so a rerun over the same manifest makes the same plan. A group is
 committed by ``_done/<shard>.json`` (its written and quarantined study ids), written after the
 data and quarantine files; a rerun skips committed groups and rewrites the others under the same
-names (a partially written group is overwritten, never duplicated).
+names (a partially written group is overwritten, never duplicated). Once every group is committed
+and the counts add up, ``index.json`` lists the shard files of each split with their rows and
+bytes (:func:`shard_table`): readers take their file list from it, never from a listing.
 """
 
 from __future__ import annotations
@@ -100,8 +102,15 @@ def plan_shards(df: pd.DataFrame, *, target_mb: float, sample_mb: float,
     return out
 
 
+def committed(storage: Storage, root: str) -> set[str]:
+    """Names of the committed groups, from one listing of ``_done/`` (no marker is read)."""
+    prefix = join(root, "_done") + "/"
+    return {uri[len(prefix):-len(".json")] for uri in storage.list_files(join(root, "_done"), ".json")}
+
+
 def completed(storage: Storage, root: str) -> dict[str, dict[str, Any]]:
-    """Committed groups: ``{shard: {"written": [...], "quarantined": [...]}}``."""
+    """Committed groups with their markers: ``{shard: {"written": [...], "quarantined": [...]}}``
+    (one GET per group: for audits and tests; planning needs only :func:`committed`)."""
     out = {}
     for uri in storage.list_files(join(root, "_done"), ".json"):
         rec = json.loads(storage.read_bytes(uri))
@@ -150,6 +159,24 @@ def read_table(storage: Storage, uri: str, columns: list[str] | None = None) -> 
     return pq.read_table(path, filesystem=fs, columns=columns)
 
 
+def _read_sized(storage: Storage, uri: str, columns: list[str]) -> tuple[pa.Table, int]:
+    """``(columns of the file, its size in bytes)``: the size comes with the open, no extra request."""
+    fs, path = storage.arrow_fs(uri)
+    with fs.open_input_file(path) as f:
+        return pq.read_table(f, columns=columns), int(f.size())
+
+
+def shard_table(files: list[str], tables: list[pa.Table], sizes: list[int]) -> dict[str, list[dict[str, Any]]]:
+    """The index's ``shards`` entry: ``{split: [{"name", "rows", "bytes"}, ...]}`` sorted by name,
+    the split read from the shard name (``<split>-<bucket>-of-<n>``). Readers take their file list
+    from it (``jobs.data.shard_files``): no listing, no footer or marker read per epoch."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for uri, table, size in sorted(zip(files, tables, sizes), key=lambda t: t[0]):
+        name = uri.rsplit("/", 1)[-1].removesuffix(".parquet")
+        out.setdefault(name.split("-", 1)[0], []).append({"name": name, "rows": table.num_rows, "bytes": size})
+    return out
+
+
 def _hist(values: list[float], edges: list[float]) -> dict[str, int]:
     counts, _ = np.histogram(values, bins=edges)
     return {f"[{lo:g}, {hi:g})": int(c) for lo, hi, c in zip(edges[:-1], edges[1:], counts)}
@@ -159,7 +186,8 @@ def build_index(storage: Storage, root: str, anatomies: list[str]) -> tuple[dict
     """``(index, quarantine rows)`` of what is under ``root``, from metadata columns only (no voxel
     is read). The index counts unique written ids too, for the exactly-once check."""
     files = storage.list_files(join(root, "data"), ".parquet")
-    tables = [read_table(storage, f, META_COLUMNS) for f in files]
+    sized = [_read_sized(storage, f, META_COLUMNS) for f in files]
+    tables = [t for t, _ in sized]
     meta = pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame(columns=META_COLUMNS)
     qfiles = storage.list_files(join(root, "quarantine"), ".parquet")
     qt = [read_table(storage, f) for f in qfiles]
@@ -192,8 +220,30 @@ def build_index(storage: Storage, root: str, anatomies: list[str]) -> tuple[dict
                               for i, ax in enumerate(axes)},
         "oblique": _oblique(meta),
         "num_shards": len(files),
-        "shard_files": [f.rsplit("/", 1)[-1] for f in files],
+        "shards": shard_table(files, tables, [n for _, n in sized]),
     }, quar
+
+
+def index_uri(root: str) -> str:
+    return join(root, "index.json")
+
+
+def read_index(storage: Storage, root: str) -> dict[str, Any]:
+    """The committed dataset's ``index.json`` (one GET). Raises ValueError when there is none."""
+    uri = index_uri(root)
+    try:
+        return json.loads(storage.read_bytes(uri))
+    except FileNotFoundError:
+        raise ValueError(f"no {uri}: ingest writes it when every group is committed and the counts "
+                         "add up; run (or finish) the ingest job for this data.shards_uri") from None
+
+
+def commit_index(storage: Storage, root: str, anatomies: list[str]) -> dict[str, Any]:
+    """Build the index of what is under ``root`` and write it as ``index.json`` (tests, benchmarks;
+    the ingest job's :func:`ingest.pipeline.finalize` adds its count checks first)."""
+    index, _ = build_index(storage, root, anatomies)
+    storage.write_bytes(index_uri(root), json.dumps(index, indent=1).encode())
+    return index
 
 
 def _oblique(meta: pd.DataFrame) -> dict[str, Any]:
@@ -223,6 +273,10 @@ def summary_markdown(index: dict[str, Any], stats: dict[str, Any]) -> str:
     lines += ["## Quarantine", "", "| reason | count | meaning |", "|---|---|---|"]
     lines += [f"| {r} | {c} | {quarantine.REASONS.get(r, '')} |"
               for r, c in sorted(index["quarantine_reasons"].items())]
+    if stats.get("segmentation"):
+        from ingest.segment import summary_lines
+
+        lines += [""] + summary_lines(stats["segmentation"])
     lines += ["", "## Throughput (this run)", "", "| stage | seconds (sum over studies) | studies/s per core |",
               "|---|---|---|"]
     for stage, sec in stats.get("stage_seconds", {}).items():

@@ -55,16 +55,26 @@ class Storage:
             turns it off (for stores that reject the header).
         timeout_s: connect and read timeout of each S3 request (``storage.timeout_s``).
         max_attempts: attempts per storage call before it fails (``storage.max_attempts``).
+        request_log: a local file that gets one line per storage request (``ingest.requests``:
+            benchmarks and tests count LIST/HEAD/GET/PUT with it); None: no counting.
     """
 
     endpoint_url: str | None = None
     sse: str | None = "AES256"
     timeout_s: float = 60.0
     max_attempts: int = 4
+    request_log: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # filesystems are rebuilt in each process
         return {"endpoint_url": self.endpoint_url, "sse": self.sse, "timeout_s": self.timeout_s,
-                "max_attempts": self.max_attempts}
+                "max_attempts": self.max_attempts, "request_log": self.request_log}
+
+    def _counted(self, fs: fsspec.AbstractFileSystem) -> Any:
+        if self.request_log is None:
+            return fs
+        from ingest.requests import CountingFileSystem
+
+        return CountingFileSystem(fs, self.request_log)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -72,12 +82,12 @@ class Storage:
     @cached_property
     def _s3(self) -> fsspec.AbstractFileSystem:
         """For this class's own calls: one attempt per request, :meth:`_call` retries and warns."""
-        return self._new_s3(retries=1)
+        return self._counted(self._new_s3(retries=1))
 
     @cached_property
     def _s3_bulk(self) -> fsspec.AbstractFileSystem:
         """For pyarrow/Ray Data/Ray Train (:meth:`arrow_fs`): s3fs's own bounded retries."""
-        return self._new_s3(retries=self.max_attempts)
+        return self._counted(self._new_s3(retries=self.max_attempts))
 
     def _new_s3(self, retries: int) -> fsspec.AbstractFileSystem:
         import s3fs
@@ -96,7 +106,7 @@ class Storage:
 
     @cached_property
     def _local(self) -> fsspec.AbstractFileSystem:
-        return fsspec.filesystem("file")
+        return self._counted(fsspec.filesystem("file"))
 
     def fs(self, uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
         """The filesystem holding ``uri`` and the path to pass to it (no scheme for S3)."""
@@ -154,6 +164,10 @@ class Storage:
         if is_s3(uri):  # s3fs adds s3_additional_kwargs (SSE) to the PUT
             self._call("write", uri, lambda: fs.pipe_file(path, data))
             return
+        if self.request_log is not None:
+            from ingest.requests import log_request
+
+            log_request(self.request_log, "PUT", path)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}.tmp"
         with open(tmp, "wb") as f:

@@ -1,8 +1,10 @@
 """The demo: the whole spine on embedded defaults (``make demo``).
 
 synthetic CT corpus (CT-RATE layout) -> ingest (Ray Data, local files) -> phases 1-4 (Ray Train,
-DeepSpeed on CPU) -> zero-shot evaluation -> HTML report. Prints the macro AUC with its bootstrap
-CI and the report's path, and writes ``<out>/demo_result.json`` with the timing of every stage.
+DeepSpeed on CPU) -> zero-shot evaluation -> HTML report -> the predictor (``ctvlp.Predictor``) on
+one raw test scan from the corpus, its top findings printed beside the labels of the study and its
+report. Prints the macro AUC with its bootstrap CI and the report's path, and writes
+``<out>/demo_result.json`` with the timing of every stage.
 
 Every stage resumes: a rerun skips the corpus if it exists, ingests only unwritten studies, and
 restarts training from the phases' checkpoints.
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     preflight_spec(spec, phases=PHASES, ingest=True, evaluate=True)
     timings: dict[str, float] = {}
 
-    banner(1, 5, f"synthetic corpus: {args.num_studies} studies (demo preset)", t0)
+    banner(1, 6, f"synthetic corpus: {args.num_studies} studies (demo preset)", t0)
     overrides = {} if args.min_test_positives is None else {"min_test_positives": args.min_test_positives}
     make_corpus(corpus, args.num_studies, spec.seed, **overrides)
     if args.shuffle_reports:
@@ -136,33 +138,77 @@ def main(argv: list[str] | None = None) -> int:
         # (jobs/specs/demo.yaml), leaving one for Ray Data (the preflight checks it).
         ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env=runtime_env())
     preflight_cluster(spec, phases=PHASES, ingest=True)
-    banner(2, 5, "ingest: Ray Data -> anatomy-cropped shards", t0)
+    banner(2, 6, "ingest: Ray Data -> anatomy-cropped shards", t0)
     from ingest.pipeline import IngestConfig, run_ingest
 
     run_ingest(IngestConfig.from_spec(spec))
     timings["ingest"] = time.time() - t0 - sum(timings.values())
 
-    banner(3, 5, "training phases 1-4 (Ray Train, DeepSpeed on CPU)", t0)
+    banner(3, 6, "training phases 1-4 (Ray Train, DeepSpeed on CPU)", t0)
     from jobs.pipeline import run_pipeline
 
     run_pipeline(spec)
     timings["train"] = time.time() - t0 - sum(timings.values())
 
-    banner(4, 5, "zero-shot evaluation (Ray Data inference) and report", t0)
+    banner(4, 6, "zero-shot evaluation (Ray Data inference) and report", t0)
     from jobs.evaluate import evaluate_model
 
     result = evaluate_model(spec)
+    print(f"evaluation written into the export: {result['card']} (model card) and evaluation.json (thresholds)",
+          flush=True)
     timings["evaluate"] = time.time() - t0 - sum(timings.values())
     ray.shutdown()
 
-    banner(5, 5, "done", t0)
+    banner(5, 6, "the trained model on one raw test scan (ctvlp.Predictor, no Ray)", t0)
+    from jobs.evaluate import resolve_model_uri
+
+    predicted = predict_one_scan(resolve_model_uri(spec), corpus)
+    print(predicted["text"], flush=True)
+    timings["predict"] = time.time() - t0 - sum(timings.values())
+
+    banner(6, 6, "done", t0)
     summary = summarise(result, timings, time.time() - t0, args)
+    summary["predictor"] = {k: v for k, v in predicted.items() if k != "text"}
     (out / "demo_result.json").write_text(json.dumps(summary, indent=2))
     print(f"macro AUC {summary['macro_auc']:.3f} (95% CI {summary['macro_auc_ci'][0]:.3f}-"
           f"{summary['macro_auc_ci'][1]:.3f}) over {summary['num_diseases']} diseases")
     print(f"report: {result['report']}")
     print(f"wall time {summary['seconds']:.0f} s; stages {json.dumps({k: round(v) for k, v in timings.items()})}")
     return 0
+
+
+def predict_one_scan(export_uri: str, corpus: Path, top: int = 5) -> dict:
+    """Score the first test study of the corpus that has a positive label, from its raw NIfTI and
+    mask (CT-RATE's ``valid`` = our test split), with :class:`ctvlp.Predictor`; returns the
+    printable comparison (``text``) and its facts: the top findings with their calls next to the
+    labels table's truth, and the report's impression."""
+    from ctvlp import Predictor
+    from ctvlp.synthetic import writer
+
+    tables = {k: pd.read_csv(corpus / v) for k, v in writer.table_paths("valid").items() if k != "metadata"}
+    labels = tables["labels"].set_index("VolumeName")
+    name = next((v for v, row in labels.iterrows() if row.sum() > 0), labels.index[0])
+    volume = name.removesuffix(".nii.gz")  # CT-RATE's VolumeName carries the file suffix
+    rel = Path("valid") / volume.rsplit("_", 2)[0] / volume.rsplit("_", 1)[0] / f"{volume}.nii.gz"
+    report = tables["reports"].set_index("VolumeName").loc[name]
+    predictor = Predictor.from_export(export_uri)
+    t0 = time.perf_counter()
+    pred = predictor(corpus / writer.DATASET_DIR / rel, mask=corpus / "masks" / rel,
+                     report=(str(report["Findings_EN"]), str(report["Impressions_EN"])))
+    seconds = time.perf_counter() - t0
+    truth = {d: int(labels.at[name, d]) for d in labels.columns if d in pred.probabilities}
+    findings = pred.top_findings(top)
+    lines = [f"{volume} (test split, {seconds:.1f} s on {predictor.model.device}): top {top} findings vs the truth",
+             f"  {'disease':<28} {'anatomy':<16} {'prob':>5}  {'call':<4}  truth"]
+    for f in findings:
+        call = "-" if f["call"] is None else ("yes" if f["call"] else "no")
+        lines.append(f"  {f['disease']:<28} {f['anatomy']:<16} {f['probability']:5.2f}  {call:<4}  "
+                     f"{'positive' if truth.get(f['disease']) else 'negative'}")
+    positives = [d for d, v in truth.items() if v]
+    lines.append(f"  labels table: positive for {', '.join(positives) or 'nothing'}")
+    lines.append(f"  report impression: {report['Impressions_EN']}")
+    return {"volume": volume, "seconds": seconds, "top_findings": findings, "positives": positives,
+            "text": "\n".join(lines)}
 
 
 def summarise(result: dict, timings: dict, seconds: float, args) -> dict:

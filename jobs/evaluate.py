@@ -1,6 +1,7 @@
 """Zero-shot diagnosis of an exported model over the evaluation split, with metrics, pictures and report.
 
-Ray Data batch inference: the split's committed shards are read with ``read_parquet`` and mapped by
+Ray Data batch inference: the split's committed shards (listed by the index) are read with
+``jobs.data.read_shards`` and mapped by
 :class:`ZeroShotPredictor`, a callable class (one actor per ``resources.num_workers``, one GPU each
 when ``resources.use_gpu``) that loads the export once and returns, per study, the disease scores
 (:mod:`ctvlp.eval.zeroshot`), the anatomy embeddings and sampled token activations. The driver
@@ -37,7 +38,7 @@ from ctvlp.eval.report import write_report  # noqa: E402
 from ctvlp.eval.tables import auc_with_ci, summary_line  # noqa: E402
 from ingest.storage import Storage, is_s3, join  # noqa: E402
 from jobs import common  # noqa: E402
-from jobs.data import storage_of, train_shard_uris  # noqa: E402
+from jobs.data import read_shards, shard_files, storage_of, train_shard_uris  # noqa: E402
 
 READ_COLUMNS = ["study_id", "split", "shape", "spacing", "image", "mask", "codec", "boxes", "voxel_counts",
                 "texts", "abnormal", "input_ids", "disease_labels", "meta"]
@@ -64,13 +65,10 @@ def fetch_export(uri: str, storage: Storage) -> str:
         if not Path(uri).is_dir():
             raise FileNotFoundError(f"export {uri} does not exist (train the model or fix eval.model)")
         return uri
-    fs, path = storage.fs(uri)
-    dest = Path(tempfile.mkdtemp(prefix="ctvlp-eval-export-"))
-    for remote in fs.find(path):
-        target = dest / Path(remote).relative_to(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fs.get_file(remote, str(target))
-    return str(dest)
+    from ctvlp.export import download_tree
+
+    fs, path = storage.fs(uri)  # the spec's endpoint, timeouts and retries
+    return str(download_tree(fs, path, tempfile.mkdtemp(prefix="ctvlp-eval-export-")))
 
 
 # ----------------------------------------------------------------------------- Ray Data actor
@@ -135,15 +133,11 @@ class SplitOutputs:
 def infer_splits(spec: Any, model_uri: str, splits: list[str], activation_samples: int = 64) -> dict[str, SplitOutputs]:
     """Ray Data batch inference over the committed shards of ``splits``, in one execution (the
     actors load the model once for all splits)."""
-    import ray.data
-
-    uris = [u for split in splits for u in train_shard_uris(spec, split)]
     storage = storage_of(spec)
-    fs, _ = storage.arrow_fs(uris[0]) if is_s3(uris[0]) else (None, None)
-    paths = [storage.fs(u)[1] for u in uris] if fs is not None else uris
+    files = [f for split in splits for f in shard_files(spec, split, storage)]
     res = spec.resources
     diseases = [d.model_dump() for d in spec.eval.disease_list(spec.data)]
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=READ_COLUMNS)
+    ds = read_shards(files, storage, READ_COLUMNS, shuffle=False)
     ds = ds.map_batches(
         ZeroShotPredictor, batch_size=spec.eval.batch_size, batch_format="numpy",
         fn_constructor_kwargs=dict(model_uri=model_uri, diseases=diseases, roi=tuple(spec.data.eval_window),
@@ -152,7 +146,8 @@ def infer_splits(spec: Any, model_uri: str, splits: list[str], activation_sample
         concurrency=res.num_workers, num_cpus=res.cpus_per_worker,
         num_gpus=res.gpus_per_worker if res.use_gpu else 0,
     )
-    parts = list(ds.iter_batches(batch_size=256, batch_format="numpy"))
+    parts = progress_batches(ds.iter_batches(batch_size=spec.eval.batch_size, batch_format="numpy"),
+                             sum(f.rows for f in files), f"evaluate {'+'.join(splits)}")
     if not parts:
         raise ValueError(f"splits {splits} have committed shards but no rows")
     ids = np.concatenate([p["study_id"] for p in parts]).astype(str)
@@ -166,6 +161,23 @@ def infer_splits(spec: Any, model_uri: str, splits: list[str], activation_sample
             raise ValueError(f"split {split!r} has committed shards but no rows")
         out[split] = SplitOutputs(ids[rows].tolist(), {k: v[rows] for k, v in arrays.items()})
     return out
+
+
+def progress_batches(batches, total: int, label: str, every_s: float = 30.0) -> list[dict]:
+    """Collect ``batches``, printing scans done of ``total`` with the rate and an ETA every
+    ``every_s`` seconds and at the end."""
+    from ctvlp.tracking import eta_line
+
+    parts, done, t0 = [], 0, time.perf_counter()
+    last = t0
+    for batch in batches:
+        parts.append(batch)
+        done += len(batch["study_id"])
+        now = time.perf_counter()
+        if now - last >= every_s or done >= total:
+            print(eta_line(label, done, total, now - t0, "scans"), flush=True)
+            last = now
+    return parts
 
 
 def has_split(spec: Any, split: str) -> bool:
@@ -325,8 +337,49 @@ def evaluate_model(spec: Any, model_uri: str | None = None, out_uri: str | None 
             for f in sorted(p for p in work.rglob("*") if p.is_file()):
                 storage.write_bytes(join(out_uri, f.relative_to(work).as_posix()), f.read_bytes())
     primary = next(iter(tables.values()))
+    card = record_in_export(model_uri, tables, diseases, split=spec.eval.split, num_scans=len(test.study_ids),
+                            report=join(out_uri, report.name), storage=storage_of(spec))
     return {"tables": tables, "primary": primary, "probe": probe, "out_dir": out_uri,
-            "report": join(out_uri, report.name)}
+            "report": join(out_uri, report.name), "card": card}
+
+
+HELD_OUT_TABLE = "zero-shot (held-out threshold: valid -> test)"
+
+
+def record_in_export(model_uri: str, tables: dict[str, EvalResult], diseases: list, *, split: str,
+                     num_scans: int, report: str, storage: Storage) -> str | None:
+    """Write ``evaluation.json`` (diseases, thresholds, table; ``ctvlp.card.evaluation_record``)
+    into the export and re-render its model card; returns the card's URI, or None when there is
+    no zero-shot table or the export cannot be written (a warning says why).
+
+    The thresholds are the held-out table's (chosen on the valid split) when there is one, else
+    the evaluated set's: ``ctvlp.predict`` calls yes/no with them, as this evaluation did.
+    """
+    from ctvlp.card import CARD, EVALUATION, META, evaluation_record, write_card
+    from ctvlp.export import CONFIG
+
+    zero_shot = {k: v for k, v in tables.items() if k.startswith("zero-shot")}
+    if not zero_shot:
+        return None
+    result = zero_shot.get(HELD_OUT_TABLE) or next(iter(zero_shot.values()))
+    record = evaluation_record(result, diseases, split=split, num_scans=num_scans, report=report,
+                               git_commit=common.git_commit())
+    try:
+        local = Path(tempfile.mkdtemp(prefix="ctvlp-card-")) if is_s3(model_uri) else Path(model_uri)
+        if is_s3(model_uri):  # the card needs the two small JSON files, not the weights
+            for name in (CONFIG, META):
+                if storage.exists(join(model_uri, name)):
+                    (local / name).write_bytes(storage.read_bytes(join(model_uri, name)))
+        (local / EVALUATION).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+        write_card(local)
+        if is_s3(model_uri):
+            for name in (EVALUATION, CARD):
+                storage.write_bytes(join(model_uri, name), (local / name).read_bytes())
+    except OSError as exc:  # a read-only export (a downloaded model): the evaluation output stands
+        print(f"[evaluate] warning: could not write {EVALUATION} and the model card into {model_uri}: {exc}",
+              flush=True)
+        return None
+    return join(model_uri, CARD)
 
 
 def print_dry_run(spec: Any) -> None:
@@ -361,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"macro AUC {auc_with_ci(p.summary['macro']['auc'], ci[0], ci[1])} "
           f"({p.summary['protocol']}; {p.summary['num_included']} diseases)")
     print(f"report: {out['report']}")
+    print(f"outputs: {out['out_dir']} (scores.csv, labels.csv, zero_shot/, figures/)")
+    if out["card"]:
+        print(f"model card and thresholds written into the export: {out['card']}")
     return 0
 
 

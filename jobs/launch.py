@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import yaml
 
 from ctvlp.config import JobSpec, settable_dict
 from jobs import common
-from jobs.plan import plan_for, resolve_phase
+from jobs.plan import card_data, plan_for, resolve_phase
 from jobs.runner import PhaseResult, fit_phase, steps_per_epoch
 
 TASK_FACTORY = "ctvlp.tasks:build_task"
@@ -63,7 +64,8 @@ def run_phase(spec: JobSpec, phase: int, *, datasets: dict | None = None, num_tr
               collate_fn: str | None = None) -> PhaseResult:
     """Resolve ``phase``'s references, build its datasets from the shards (unless given), train it."""
     resolved = resolve_phase(spec, phase)
-    plan = plan_for(resolved, phase, git_commit=common.git_commit())
+    plan = dataclasses.replace(plan_for(resolved, phase, git_commit=common.git_commit()),
+                               card_data=card_data(resolved))  # the export's model card says what it saw
     if datasets is None and phase == 3 and resolved.phases.phase3_cached_tokens:
         datasets, num_train_rows, collate_fn = cached_token_dataset(resolved, plan.run_uri)
     elif datasets is None:

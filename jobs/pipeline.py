@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     common.init_ray()
     common.preflight_cluster(spec, phases=PHASES)
     print(common.describe_ctvlp(), flush=True)
-    run_pipeline(spec)
+    results = run_pipeline(spec)
+    print("outputs (each export: model.safetensors, config.json, README.md model card):", flush=True)
+    for phase, result in results.items():
+        print(f"  phase {phase}: {result.export_uri}  (run {result.run_uri})", flush=True)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 A phase's run name is ``<spec.name>-phase<N>-<fingerprint>``, where the fingerprint hashes what
 determines that phase's result: the spec minus the other phases' optimisation settings and the
-``eval``/``tune`` sections, with the phase's ``init`` references already resolved to URIs.
+``eval``/``tune``/``compare`` sections, with the phase's ``init`` references already resolved to URIs.
 Rerunning the same spec therefore lands in the same run (and resumes it); changing phase 4's
 learning rate does not restart phase 1.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from typing import Any
 
 import yaml
 
@@ -38,8 +39,14 @@ def phase_fingerprint(spec: JobSpec, phase: int, length: int = 10) -> str:
     """Hash of the settings that determine ``phase``'s result (see the module docstring)."""
     tree = settable_dict(spec)
     tree["phases"] = {f"phase{phase}": tree["phases"][f"phase{phase}"]}
-    for key in ("eval", "tune"):
+    for key in ("eval", "tune", "compare"):
         tree.pop(key, None)
+    methods = tree.pop("methods", None)
+    if phase == 2 and methods and methods.get("phase2_task", "alignment") != "alignment":
+        # another method trains phase 2: only its own settings decide the result; every other
+        # run keeps its name whatever the (unused) method sections say
+        task = methods["phase2_task"]
+        tree["methods"] = {"phase2_task": task, "findings": methods.get("findings"), task: methods.get(task)}
     tree["resources"].pop("max_failures", None)  # retries do not change the result
     blob = json.dumps(tree, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
@@ -93,3 +100,25 @@ def plan_for(resolved: JobSpec, phase: int, *, git_commit: str = "unknown") -> P
         storage_timeout_s=resolved.storage.timeout_s,
         storage_max_attempts=resolved.storage.max_attempts,
     )
+
+
+def card_data(resolved: JobSpec) -> dict[str, Any]:
+    """The model card's data facts (``ctvlp.card.data_facts``): the shards' ``index.json`` (counts
+    per split, quarantine) and the source's kind (a ``ctvlp.synthetic`` corpus has ``corpus.json``
+    at its root). Unreadable storage leaves the counts unknown; it never stops training."""
+    from ctvlp.card import data_facts
+    from ingest.storage import storage_from_spec
+
+    storage, d = storage_from_spec(resolved), resolved.data
+    index, kind = None, "unknown"
+    try:
+        if d.shards_uri and storage.exists(join(d.shards_uri, "index.json")):
+            index = json.loads(storage.read_bytes(join(d.shards_uri, "index.json")))
+        if d.source_uri:
+            root = d.source_uri.rstrip("/")  # the download root, or its dataset/ folder
+            roots = [root] + ([root.rsplit("/", 1)[0]] if root.endswith("/dataset") else [])
+            synthetic = any(storage.exists(join(r, "corpus.json")) for r in roots)
+            kind = "synthetic" if synthetic else ("ctrate" if d.manifest_format == "ctrate" else "manifest")
+    except (OSError, ValueError) as exc:
+        print(f"[plan] model card: data facts unreadable ({type(exc).__name__}); counts left unknown", flush=True)
+    return data_facts(resolved, index, kind)

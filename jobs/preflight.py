@@ -14,6 +14,7 @@ credential is printed (none are read here). Entry points call :func:`run_spec_ch
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -205,25 +206,35 @@ def _hub_problem(key: str, name: str, fix: str) -> Problem | None:
     return None
 
 
-def segmentation_problems(fast: bool) -> list[Problem]:
-    """TotalSegmentator's package, nnU-Net and weights (``ingest.segment.missing_requirements``;
-    the GPU is :func:`check_cluster`'s business)."""
-    from ingest.segment import missing_requirements
+def segmentation_problems(spec_or_segment: Any) -> list[Problem]:
+    """The nnU-Net stack and TotalSegmentator's weights of ``ingest.totalseg``
+    (``ctvlp.segment.missing_requirements``; GPUs are :func:`check_cluster`'s business)."""
+    from ctvlp.segment import missing_requirements
+    from ingest.segment import SegmentConfig
 
+    seg = spec_or_segment if isinstance(spec_or_segment, SegmentConfig) else SegmentConfig.from_spec(spec_or_segment)
+    settings = dataclasses.replace(seg.settings, device="cpu")  # the driver has no GPU to check
     fix = ("supply masks (ingest.mask_dir) with ingest.segmentation=supplied, or run on an image with "
-           "nnU-Net and the weights")
-    return [Problem("ingest.segmentation", p, fix) for p in missing_requirements(fast, num_gpus=1)]
+           "nnU-Net and the weights (ingest.totalseg.weights_path)")
+    return [Problem("ingest.totalseg", p, fix) for p in missing_requirements(settings)]
 
 
-def require_segmentation(fast: bool) -> None:
+def _segmentation_gpu_problem(device: str, gpus_per_actor: float, gpus: float) -> list[Problem]:
+    if device == "gpu" and gpus < gpus_per_actor:
+        return [Problem("ingest.totalseg.device", f"GPU segmentation actors need {gpus_per_actor:g} GPU and the "
+                        f"cluster has {gpus:g}", "ingest.totalseg.device=auto (CPU actors without GPUs), "
+                        "or add GPU nodes")]
+    return []
+
+
+def require_segmentation(segment: Any) -> None:
     """For direct callers of ``ingest.pipeline.run_ingest`` (after ``ray.init``): the spec and
     cluster checks of ``ingest.segmentation=totalsegmentator`` in one."""
     import ray
 
-    problems = segmentation_problems(fast)
-    if ray.cluster_resources().get("GPU", 0) < 1:
-        problems.append(Problem("ingest.segmentation", "totalsegmentator runs in a GPU actor pool and the "
-                                "cluster has no GPU", "supply masks (ingest.segmentation=supplied) or add GPU nodes"))
+    problems = segmentation_problems(segment)
+    problems += _segmentation_gpu_problem(segment.device, segment.gpus_per_actor,
+                                          float(ray.cluster_resources().get("GPU", 0)))
     raise_if(problems, "preflight: ingest.segmentation=totalsegmentator cannot run")
 
 
@@ -233,7 +244,7 @@ def _model_problems(spec: JobSpec, phases: tuple[int, ...], ingest: bool, evalua
         problem = text_model_problem(spec.model.text.name_or_path)
         problems += [problem] if problem else []
     if ingest and spec.ingest.segmentation == "totalsegmentator":
-        problems += segmentation_problems(spec.ingest.totalseg_fast)
+        problems += segmentation_problems(spec)
     if ingest and spec.ingest.report_parser == "llm":
         path = spec.ingest.llm_path or ""
         bad = check_uri("ingest.llm_path", path)
@@ -293,9 +304,9 @@ def check_cluster(spec: JobSpec, *, phases: tuple[int, ...] = (), ingest: bool =
     if ingest and cpus < spec.ingest.num_cpus_per_task:
         problems.append(Problem("ingest.num_cpus_per_task", f"the cluster has {cpus:g} CPU",
                                 f"ingest.num_cpus_per_task={cpus:g} or add CPUs"))
-    if ingest and spec.ingest.segmentation == "totalsegmentator" and gpus < 1:
-        problems.append(Problem("ingest.segmentation", "totalsegmentator runs in a GPU actor pool and the "
-                                "cluster has no GPU", "supply masks (ingest.segmentation=supplied) or add GPU nodes"))
+    if ingest and spec.ingest.segmentation == "totalsegmentator":
+        ts = spec.ingest.totalseg
+        problems += _segmentation_gpu_problem(ts.device, ts.gpus_per_actor, gpus)
     return problems
 
 

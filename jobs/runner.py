@@ -39,10 +39,11 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from ctvlp.card import META, write_card
 from ctvlp.loop import (
     TrainConfig, TrainState, average_batchnorm_stats, build_engine, load_checkpoint, save_checkpoint, train_step,
 )
-from ctvlp.tracking import MetricsTracker, StepTimer, memory_mb
+from ctvlp.tracking import MetricsTracker, Progress, StepTimer, memory_mb
 from ingest.storage import Storage, is_s3
 
 
@@ -66,6 +67,7 @@ class PhasePlan:
         num_to_keep: checkpoints kept in storage (None = all).
         data_stall_timeout_s: fail a worker that waits this long for a batch (0 = never).
         storage_timeout_s, storage_max_attempts: S3 patience of :attr:`storage` (``storage.*``).
+        card_data: the training data's facts for the exports' model cards (``ctvlp.card.data_facts``).
     """
 
     phase: int
@@ -87,6 +89,7 @@ class PhasePlan:
     data_stall_timeout_s: float = 600.0
     storage_timeout_s: float = 60.0
     storage_max_attempts: int = 4
+    card_data: dict = field(default_factory=dict)
 
     @property
     def storage(self) -> Storage:
@@ -241,7 +244,10 @@ def train_fn_per_worker(config: dict) -> None:
     if hasattr(task, "train"):  # ctvlp.tasks: train mode, but frozen parts stay in eval mode
         task.train()
     state, resume = _restore(engine, plan)
-    tracker = MetricsTracker(_tensorboard_dir(plan), enabled=rank == 0, console_every=plan.train.log_every)
+    progress = Progress(f"phase{plan.phase}", plan.train.epochs, config["steps_per_epoch"],
+                        plan.train.global_batch_size, start_step=state.step)
+    tracker = MetricsTracker(_tensorboard_dir(plan), enabled=rank == 0, console_every=plan.train.log_every,
+                             progress=progress)
     loop = _Loop(plan, config, task, engine, tracker, resume, rank)
     try:
         while state.epoch < plan.train.epochs:
@@ -327,7 +333,10 @@ class _Loop:
         state.end_epoch()
         if self.validation_due(state):
             out.update(self.validate(state))
-            self.tracker.log(state.step, {k: v for k, v in out.items() if k.startswith("valid_")})
+            valid = {k: v for k, v in out.items() if k.startswith("valid_")}
+            self.tracker.log(state.step, valid, console=False)
+            self.tracker.console(f"[phase{self.plan.phase}] validation after epoch {state.epoch}/{cfg.epochs}: "
+                                 + " ".join(f"{k}={v:.4g}" for k, v in valid.items()))
         if state.epoch % cfg.checkpoint_every_epochs == 0 or state.epoch >= cfg.epochs:
             self.checkpoint(state, out)
 
@@ -502,13 +511,23 @@ def _export(task, plan: PhasePlan, uri: str | None = None, selection: dict | Non
         task.export(tmp)
         meta = {"git_commit": plan.git_commit, "run_name": plan.run_name, "phase": plan.phase,
                 "model_config": plan.model_config, "selection": selection or {"kind": "last"}}
-        (Path(tmp) / "export_meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        meta["data"] = plan.card_data
+        (Path(tmp) / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
         (Path(tmp) / "resolved_spec.yaml").write_text(plan.resolved_spec_yaml)
+        write_card(tmp)  # README.md: what the model is, its data, spec, licences, commit
         copy_dir_to_uri(tmp, uri, plan.storage)
     print(f"[phase{plan.phase}] exported to {uri} ({(selection or {}).get('kind', 'last')})", flush=True)
 
 
 # --------------------------------------------------------------------------------- the driver
+# Train V2 replaces ``print`` in its workers by a function that logs each line through the root
+# logger (whose console handler writes it to stderr) and, because Ray's worker has swapped
+# ``sys.stdout`` for its log file, also prints it to stdout: every line of a worker reached the
+# console twice (ray.train.v2._internal.logging.patch_print, Ray 2.60). Off for our workers: a
+# print goes to stdout once, and Ray streams it to the driver as any worker output.
+WORKER_RUNTIME_ENV = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
+
+
 def fit_phase(plan: PhasePlan, spec: Any, datasets: dict, *, num_train_rows: int,
               task_factory: str = "ctvlp.tasks:build_task", task_kwargs: dict | None = None,
               collate_fn: str | None = None) -> PhaseResult:
@@ -545,6 +564,7 @@ def fit_phase(plan: PhasePlan, spec: Any, datasets: dict, *, num_train_rows: int
             name=plan.run_name, storage_path=path, storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=plan.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=plan.num_to_keep),
+            worker_runtime_env=WORKER_RUNTIME_ENV,
         ),
         datasets=datasets,
     )

@@ -189,7 +189,7 @@ def build_token_cache(spec: Any, export_uri: str, out_uri: str, splits: Sequence
     import ray.data
 
     from ingest.storage import join
-    from jobs.data import storage_of, train_shard_uris
+    from jobs.data import read_shards, shard_files, storage_of
     from jobs.evaluate import READ_COLUMNS, fetch_export
 
     storage = storage_of(spec)
@@ -197,9 +197,8 @@ def build_token_cache(spec: Any, export_uri: str, out_uri: str, splits: Sequence
     marker = join(out_uri, "_done")
     if storage.exists(marker) and storage.read_bytes(marker).decode().split() == sorted(splits):
         return out
-    shard_uris = [u for split in splits for u in train_shard_uris(spec, split)]
-    fs, paths = parquet_paths(storage, shard_uris)
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=READ_COLUMNS)
+    files = [f for split in splits for f in shard_files(spec, split, storage)]
+    ds = read_shards(files, storage, READ_COLUMNS, shuffle=False)
     ds = ds.map_batches(TokenEncoder, batch_size=4, batch_format="numpy", num_cpus=num_cpus,
                         compute=ray.data.ActorPoolStrategy(size=num_actors),
                         fn_constructor_kwargs={"export_dir": fetch_export(export_uri, storage),

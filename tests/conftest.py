@@ -123,3 +123,37 @@ def ray_session(s3_server):
 def _repo_on_path():
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
+
+
+@pytest.fixture(scope="session")
+def tiny_totalseg(tmp_path_factory):
+    """TotalSegmentator's weights layout with tiny random nnU-Nets (``ctvlp.synthetic.nnunet``):
+    two of the five ``total`` parts (291 organs, 293 cardiac: every class of the chest grouping)
+    and the 6 mm crop model (298) of roi subsets. Returns ``(weights folder, two-part task)``."""
+    from ctvlp.segment import TotalTask, total_task
+    from ctvlp.segment.tasks import crop_task
+    from ctvlp.synthetic.nnunet import write_tiny_task
+
+    root = tmp_path_factory.mktemp("totalseg_weights")
+    full = total_task("total")
+    two = TotalTask("total", full.resample_mm, (full.parts[0], full.parts[2]))
+    write_tiny_task(root, two)
+    write_tiny_task(root, crop_task(), seed=7)
+    return root, two
+
+
+@pytest.fixture(scope="session")
+def case(tmp_path_factory):
+    """A tiny synthetic corpus ingested in-process, its shard and a phase-4 debug export
+    (``tests/ctvlp/predict/case.py``): the predictor's, its CLI's and the demo's tests share it."""
+    from tests.ctvlp.predict.case import build_case
+
+    return build_case(tmp_path_factory.mktemp("predict_case"))
+
+
+@pytest.fixture(scope="session")
+def job_outputs(case):
+    """The evaluation job's per-study outputs for ``case``'s studies (its Ray Data callable, in-process)."""
+    from tests.ctvlp.predict.case import evaluate_like_the_job
+
+    return evaluate_like_the_job(case)

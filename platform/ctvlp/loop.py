@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.distributed as dist
 
+from ctvlp.data.collate import contract_volume
 from ctvlp.precision import bf16_autocast
 
 CKPT_TAG = "ds"  # DeepSpeed checkpoint tag inside every checkpoint directory
@@ -331,14 +332,22 @@ def build_engine(module: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int
 def to_device(batch: Mapping[str, Any], device: torch.device, *, channels_last: bool = False) -> dict:
     """Move tensors to ``device`` (floating ones stay float32: bf16 comes from autocast, see
     ``ctvlp.precision``); with ``channels_last``, lay 5-D floating tensors (images
-    [B, C, D, H, W]) out as channels_last_3d."""
+    [B, C, D, H, W]) out as channels_last_3d.
+
+    A uint8 ``image``/``mask`` (the loader's host format, ``collate(volumes="uint8")``) is copied
+    as uint8 and converted to the batch contract's float32 [0, 1] / int64 on the device
+    (``ctvlp.data.collate.contract_volume``): 5x fewer bytes over PCIe, no host CPU spent."""
     out = {}
     for key, value in batch.items():
         if isinstance(value, torch.Tensor):
             value = value.to(device, non_blocking=True)
-            if channels_last and value.ndim == 5 and value.is_floating_point():
-                value = value.contiguous(memory_format=torch.channels_last_3d)
         out[key] = value
+    for key in ("image", "mask"):
+        if isinstance(out.get(key), torch.Tensor) and out[key].dtype == torch.uint8:
+            out[key] = contract_volume(key, out[key])
+    for key, value in out.items():
+        if channels_last and isinstance(value, torch.Tensor) and value.ndim == 5 and value.is_floating_point():
+            out[key] = value.contiguous(memory_format=torch.channels_last_3d)
     return out
 
 

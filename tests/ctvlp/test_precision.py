@@ -246,3 +246,16 @@ def test_sync_batchnorm_is_refused_on_cpu():
 
     with pytest.raises(ValueError, match="resources.sync_batchnorm needs CUDA"):
         convert_sync_batchnorm(nn.ModuleDict({"v": nn.Sequential(nn.BatchNorm3d(2))}))
+
+
+@pytest.mark.parametrize("phase, overrides", [(2, ["model.alignment=global"]), (1, ["model.visual_contrast=instance"])],
+                         ids=["clip", "vsei"])
+def test_comparison_methods_in_bf16_track_float32(process_group, phase, overrides):
+    """CLIP (phase 2, global alignment) and VSEI (phase 1, instance contrast) with the GPU path's
+    configuration: the encoder and pooling in bf16 under autocast, the loss in float32 (both
+    losses are @float32_compute), every step's loss within 2 % of float32, weights float32."""
+    fp32 = golden.golden_run(phase, overrides, steps=6)
+    bf16 = golden.golden_run(phase, overrides, steps=6, bf16=True)
+    for i, (a, b) in enumerate(zip(fp32.losses, bf16.losses)):
+        assert abs(a - b) <= BF16_LOSS_RTOL * abs(a), f"step {i}: float32 {a}, bf16 {b}"
+    assert bf16.losses != fp32.losses

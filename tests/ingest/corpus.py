@@ -44,7 +44,16 @@ FAULTS = {
     "f_report_dot": "report_unparsed",
     "f_report_german": "report_unparsed",
     "f_report_no_anatomy": "report_unparsed",
+    # issue 20: DICOM as hospitals store it (more cases: tests/ctvlp/transforms/test_dicom.py)
+    "f_dicom_localizer_only": "dicom_series",
+    "f_dicom_missing_slices": "missing_slices",
 }
+# Identifying DICOM tags (PS3.15 basic profile) written into every DICOM study of the corpus: none
+# of these values may reach shards, indexes, quarantine rows or logs.
+PHI = {"PatientName": "Canary^Phileas", "PatientID": "PID-9731-CANARY", "PatientBirthDate": "19450203",
+       "AccessionNumber": "ACC-CANARY-55", "InstitutionName": "Canary General Hospital",
+       "ReferringPhysicianName": "Dr^Canary", "StudyDate": "20240229", "StudyID": "STUDY-CANARY",
+       "SeriesDescription": "CHEST CANARY PROTOCOL", "OperatorsName": "Tech^Canary"}
 NUM_GOOD = 6  # g0..g5, plus the DICOM study "g_dicom" and the slightly oblique "g_oblique"
 OBLIQUE_SMALL_DEG, OBLIQUE_LARGE_DEG = 3.0, 20.0
 UNREADABLE_REPORTS = {  # study id -> (findings, impression)
@@ -123,7 +132,7 @@ def build_fault_corpus(root: Path) -> list[dict[str, str]]:
         add(f"g{i}", nifti_bytes(img, aff), nifti_bytes(mask, aff),
             split=["train", "train", "train", "valid", "test", "test"][i], patient=f"p{i // 2}_{i}")
     img, mask = phantom(100)
-    files = dicom_series_bytes(img, aff)
+    files = dicom_series_bytes(img, aff, tags=PHI)
     for k, b in enumerate(files):
         _write(root / f"dicom/g_dicom/slice{k:03d}.dcm", b)
     add("g_dicom", None, nifti_bytes(mask, aff), image_name="dicom/g_dicom/")
@@ -182,6 +191,14 @@ def _add_issue21_faults(root: Path, add, img: np.ndarray, mask: np.ndarray, aff:
     add("f_bad_split", nifti_bytes(img, aff), nifti_bytes(mask, aff), split="training-set")
     for sid, report in UNREADABLE_REPORTS.items():
         add(sid, nifti_bytes(img, aff), nifti_bytes(mask, aff), report=report)
+    scouts = dicom_series_bytes(img[:, :, :3], aff, tags={**PHI, "ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]})
+    for k, b in enumerate(scouts):
+        _write(root / f"dicom/f_dicom_localizer_only/slice{k:03d}.dcm", b)
+    add("f_dicom_localizer_only", None, nifti_bytes(mask, aff), image_name="dicom/f_dicom_localizer_only/")
+    for k, b in enumerate(dicom_series_bytes(img, aff, tags=PHI)):
+        if not 8 <= k < 11:  # three slices lost: a 4-slice gap
+            _write(root / f"dicom/f_dicom_missing_slices/slice{k:03d}.dcm", b)
+    add("f_dicom_missing_slices", None, nifti_bytes(mask, aff), image_name="dicom/f_dicom_missing_slices/")
 
 
 def upload_dir(s3_client, local: Path, bucket: str, prefix: str) -> None:

@@ -119,6 +119,23 @@ def test_outputs_encrypted_and_private(ingested, s3_client):
     assert REPORT[0][:20] not in text and "Cardiomegaly" not in text
 
 
+def test_no_dicom_identifier_reaches_shards_indexes_or_logs(ingested, s3_client):
+    """The DICOM studies carry PS3.15 identifying tags (corpus.PHI): none of their values is in
+    any object ingest wrote (Parquet decoded, not grepped compressed) or in its log."""
+    from tests.ingest.corpus import PHI
+
+    cfg, _, _, logs = ingested
+    texts = list(logs)
+    for obj in s3_client.list_objects_v2(Bucket=BUCKET, Prefix="shards/")["Contents"]:
+        body = s3_client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
+        texts.append(str(pq.read_table(io.BytesIO(body)).to_pylist()) if obj["Key"].endswith(".parquet")
+                     else body.decode("utf-8", "replace"))
+    blob = "\n".join(texts)
+    assert "g_dicom" in blob and '"source_format": "dicom"' in blob  # the DICOM study was written
+    leaked = [v for v in PHI.values() if v.lower() in blob.lower()]
+    assert not leaked
+
+
 def test_killed_and_rerun_resumes_exactly_once(ingested, ray_session):
     cfg, first, rows, _ = ingested
     storage = cfg.stage.storage
@@ -140,16 +157,20 @@ def test_killed_and_rerun_resumes_exactly_once(ingested, ray_session):
     assert index["num_written"] + index["num_quarantined"] == len(rows)
 
 
-def test_segmentation_without_gpu_stops_before_work(ingested, s3_client, monkeypatch, tmp_path):
+def test_segmentation_without_weights_stops_before_work(ingested, s3_client, tmp_path):
     import dataclasses
 
-    monkeypatch.setenv("TOTALSEG_WEIGHTS_PATH", str(tmp_path))
+    from ctvlp.segment import SegmenterSettings, total_task
+    from ingest.segment import SegmentConfig
+
+    settings = SegmenterSettings(total_task("total_fast"), weights_path=str(tmp_path))  # empty folder
     cfg = dataclasses.replace(_config(ingested[0].stage.storage.endpoint_url, "seg"),
-                              segmentation="totalsegmentator")
+                              segmentation="totalsegmentator", segment=SegmentConfig(settings, device="gpu"))
     from jobs.preflight import PreflightError
 
-    with pytest.raises(PreflightError, match="no GPU"):
+    with pytest.raises(PreflightError, match="Dataset297") as err:
         run_ingest(cfg)
+    assert "cluster has 0" in str(err.value)  # device=gpu on a cluster without GPUs
     assert "Contents" not in s3_client.list_objects_v2(Bucket=BUCKET, Prefix="seg/")
 
 

@@ -22,6 +22,9 @@ from tests.ingest.corpus import FAULTS, OBLIQUE_SMALL_DEG, UNREADABLE_REPORTS, t
 # Reasons decided before decoding, by the pipeline's driver (tests/ingest/test_pipeline_s3.py)
 # or only for unexpected failures: every other reason must have a planted input here.
 NOT_IN_THE_STAGE = {"invalid_split", "duplicate_study_id", "excluded", "processing_error"}
+# Planted where their setting is not the default: ingest.dicom.gantry_tilt=quarantine
+# (tests/ctvlp/transforms/test_dicom.py), a failing TotalSegmentator actor (tests/ingest/test_segment.py).
+PLANTED_ELSEWHERE = {"gantry_tilt", "segmentation_failed"}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,7 @@ def outputs(records):
 
 
 def test_every_reason_has_a_planted_input():
-    assert set(FAULTS.values()) | NOT_IN_THE_STAGE == set(REASONS)
+    assert set(FAULTS.values()) | NOT_IN_THE_STAGE | PLANTED_ELSEWHERE == set(REASONS)
 
 
 STAGE_FAULTS = sorted((s, r) for s, r in FAULTS.items() if r not in NOT_IN_THE_STAGE)
@@ -89,3 +92,54 @@ def test_uncertain_anatomy_unknown_under_the_policy(records):
     assert sample["label_known"].tolist() == [False, True, True, True]
     assert not (sample["mask"] == 1).any() and (sample["mask"] == 2).any()
     assert np.array_equal(sample["abnormal"], [0, 1, 0, 0])
+
+
+def _phantom(order: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """An int16 HU volume and a raw TotalSegmentator mask ``[X, Y, Z]`` with the chest grouping's
+    classes (lung lobes 10-14, esophagus 15, heart 51, aorta 52) and a class outside it (5)."""
+    shape = (46, 40, 34)
+    image = rng.integers(-1100, 400, shape).astype(np.int16)
+    mask = np.zeros(shape, np.uint8)
+    for label in (10, 12, 14, 15, 51, 52, 5):
+        lo = [int(rng.integers(2, n // 2)) for n in shape]
+        hi = [a + int(rng.integers(3, n // 2)) for a, n in zip(lo, shape)]
+        mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = label
+    return (np.asfortranarray(image), np.asfortranarray(mask)) if order == "F" else (image, mask)
+
+
+_AFFINES = {  # voxel -> RAS: as stored by different scanners and converters
+    "RAS": np.diag([0.8, 0.9, 2.0, 1.0]),
+    "LPS": np.diag([-0.8, -0.9, 2.0, 1.0]),
+    "SAR (permuted, flipped)": np.array([[0, 0, -0.7, 0], [0, 1.1, 0, 0], [2.5, 0, 0, 0], [0, 0, 0, 1.0]]),
+}
+
+
+@pytest.mark.parametrize("order", ["F", "C"])
+@pytest.mark.parametrize("orient", sorted(_AFFINES))
+@pytest.mark.parametrize("min_size", [(12, 20, 20), (40, 64, 64)])  # the second pads every axis
+def test_transform_equals_the_reference_resample_then_crop(orient, order, min_size):
+    """The current transform (grouping after nearest resampling, HU window on the crop only, one
+    box pass, the relevance-lookup window) gives the merge base's shards, voxel for voxel."""
+    from ingest.process import transform
+    from tests.ingest import reference
+
+    cfg = dataclasses.replace(tiny_stage(), min_size=min_size)
+    for seed in range(3):
+        image, mask = _phantom(order, np.random.default_rng(seed))
+        new, old = transform(image, _AFFINES[orient], mask, cfg), reference.transform(image, _AFFINES[orient], mask, cfg)
+        assert new["image"].shape == old["image"].shape and new["image"].flags.c_contiguous
+        assert np.array_equal(new["image"], old["image"]) and np.array_equal(new["mask"], old["mask"])
+        assert np.array_equal(new["boxes"], old["boxes"]) and np.array_equal(new["counts"], old["counts"])
+        assert new["spacing"] == old["spacing"]
+
+
+def test_nifti_voxels_are_a_view_of_the_decompressed_bytes():
+    from ctvlp.transforms import io
+
+    vol = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    for compress in (True, False):
+        array, _, _ = io.read_nifti(io.nifti_bytes(vol, np.eye(4), compress=compress))
+        assert np.array_equal(array, vol) and not array.flags.writeable  # no copy was made
+    big_endian = io.nifti_bytes(vol.astype(">i2"), np.eye(4), compress=False)
+    array, _, _ = io.read_nifti(big_endian)
+    assert np.array_equal(array, vol) and array.dtype.isnative

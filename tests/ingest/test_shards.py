@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 
@@ -42,3 +43,18 @@ def test_write_group_marker_index_summary(tmp_path):
     md = shards.summary_markdown(index, {"manifest_size": 3, "stage_seconds": {"read": 1.0}, "num_decoded": 3})
     assert "written: **2**" in md and "| nonfinite | 1 |" in md
     json.dumps(index)  # serialisable as index.json
+    assert shards.committed(Storage(), root) == {"train-00000-of-00001"}  # from the listing alone
+    size = os.path.getsize(shards.data_uri(root, "train-00000-of-00001"))
+    assert index["shards"] == {"train": [{"name": "train-00000-of-00001", "rows": 2, "bytes": size}]}
+
+
+def test_wave_rows_are_the_rows_of_the_waves_groups():
+    from ingest.pipeline import _waves, wave_rows
+
+    df = pd.DataFrame({"study_id": [f"s{i}" for i in range(500)], "split": ["train"] * 400 + ["valid"] * 100})
+    planned = shards.plan_shards(df, target_mb=10, sample_mb=1).sort_values("shard", kind="stable")
+    waves = _waves(sorted(planned.shard.unique()), 3)
+    got = [wave_rows(planned, w) for w in waves]
+    for wave, rows in zip(waves, got):
+        assert rows.equals(planned[planned.shard.isin(wave)])
+    assert sum(len(r) for r in got) == len(planned)

@@ -1,5 +1,6 @@
-"""Tiny committed training shards in the ingest format (``ingest.shards.write_group``), for tests
-and ``bench/loader.py``: blocky phantoms whose M anatomies are boxes inside the volume."""
+"""Tiny committed training shards in the ingest format (``ingest.shards.write_group`` + the index
+readers take the file list from), for tests and benchmarks: blocky phantoms whose M anatomies are
+boxes inside the volume."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import numpy as np
 
 from ctvlp.data import encode_volume
-from ingest.shards import write_group
+from ingest.shards import commit_index, write_group
 from ingest.storage import Storage
 
 
@@ -42,7 +43,8 @@ def phantom_row(study_id: str, split: str, shape: tuple[int, int, int], num_anat
 
 def write_tiny_shards(root: str, *, num_studies: int, num_anatomies: int, shape=(52, 70, 70),
                       studies_per_shard: int = 4, seed: int = 0) -> list[str]:
-    """Write ``num_studies`` train studies in shards of ``studies_per_shard``; returns shard names."""
+    """Write ``num_studies`` train studies in shards of ``studies_per_shard`` and the index;
+    returns shard names."""
     rng = np.random.default_rng(seed)
     storage, names = Storage(sse=None), []
     n = -(-num_studies // studies_per_shard)
@@ -52,4 +54,5 @@ def write_tiny_shards(root: str, *, num_studies: int, num_anatomies: int, shape=
         name = f"train-{s:05d}-of-{n:05d}"
         write_group(rows, name, storage, root)
         names.append(name)
+    commit_index(storage, root, [f"anatomy{j}" for j in range(num_anatomies)])
     return names

@@ -73,3 +73,34 @@ def test_shuffled_reports_control_scores_near_chance(demo_out):
     print(json.dumps(result, indent=2))
     assert result["shuffled_reports"] and result["num_studies"] == NUM_STUDIES
     assert math.isfinite(result["macro_auc"]) and result["macro_auc"] <= 0.6, result["per_disease_auc"]
+
+
+def test_the_demo_ends_with_the_predictor_on_a_raw_test_scan(case, job_outputs, tmp_path):
+    """jobs/demo.py's last stage on a debug-size case: an export the evaluation has written
+    evaluation.json into, one raw test scan of the corpus, top findings next to the truth."""
+    import shutil
+
+    import numpy as np
+
+    from ctvlp.eval.metrics import evaluate, frames_from_arrays
+    from ingest.storage import Storage
+    from jobs.demo import predict_one_scan
+    from jobs.evaluate import record_in_export
+
+    export = tmp_path / "export"
+    shutil.copytree(case.export, export)
+    diseases = case.spec.eval.disease_list(case.spec.data)
+    scores = job_outputs["scores"]
+    labels = np.where(np.isfinite(scores), (scores >= np.nanmedian(scores, axis=0)).astype(float), np.nan)
+    result = evaluate(*frames_from_arrays(job_outputs["study_id"], [d.name for d in diseases], labels, scores),
+                      n_bootstrap=0)
+    record_in_export(str(export), {"zero-shot (threshold on the evaluated set)": result}, diseases, split="test",
+                     num_scans=len(scores), report="", storage=Storage(sse=None))
+    out = predict_one_scan(str(export), case.corpus, top=3)
+    text = out["text"]
+    assert out["volume"].startswith("valid_") and f"{out['volume']} (test split" in text
+    assert len(out["top_findings"]) == 3 and text.count("\n") == 3 + 3
+    assert "labels table: positive for" in text and "report impression:" in text
+    assert any(f["call"] is not None for f in out["top_findings"])  # the evaluation's thresholds give calls
+    row = text.splitlines()[2].split()
+    assert row[-1] in ("positive", "negative") and row[-2] in ("yes", "no", "-")

@@ -13,7 +13,7 @@ from ctvlp.config import load_spec
 from ctvlp.data import encode_volume
 from ctvlp.tasks import build_task
 from ctvlp.transforms.array import anatomy_boxes
-from ingest.shards import write_group
+from ingest.shards import commit_index, write_group
 from ingest.storage import Storage
 from jobs import evaluate as job
 
@@ -50,6 +50,7 @@ def setup(tmp_path_factory):
     for split, n in (("test", 12), ("valid", 8), ("train", 16)):
         rows = [shard_row(f"{split}{i:02d}", split, i, m) for i in range(n)]
         write_group(rows, f"{split}-00000-of-00001", Storage(), str(shards))
+    commit_index(Storage(), str(shards), base.data.anatomies)
     torch.manual_seed(0)
     export = build_task(base, 4, init={}).export(tmp / "export4")
     spec = load_spec("jobs/specs/debug.yaml", [
@@ -70,7 +71,8 @@ def test_dry_run_prints_the_plan(setup, capsys):
 def test_dry_run_fails_cleanly_without_shards(tmp_path, capsys):
     argv = ["--spec", "jobs/specs/debug.yaml", "--dry-run", f"data.shards_uri={tmp_path}", "eval.model=/nowhere"]
     assert job.main(argv) == 2
-    assert "no committed 'test' shards" in capsys.readouterr().err
+    err = capsys.readouterr().err  # readers take the shard list from the index written at commit
+    assert f"no {tmp_path}/index.json" in err and "run (or finish) the ingest job" in err
 
 
 def test_output_dir_changes_with_model_and_eval_section(setup):
@@ -106,6 +108,13 @@ def test_evaluate_job_end_to_end(setup, ray_session):
     html = (root / "report.html").read_text()
     assert html.count("<img") == len(list((root / "figures").glob("*.png"))) >= 4  # roc, tsne, activations, codes
     assert "held-out" in html and "Resolved spec" in html
+    # the export now carries the validation-chosen thresholds and a card with the table
+    record = json.loads((export / "evaluation.json").read_text())
+    held_out = tables["zero-shot (held-out threshold: valid -> test)"].per_disease["threshold"]
+    assert record["protocol"].startswith("held-out") and record["num_scans"] == 12
+    assert all((t is None) == np.isnan(held_out[d]) and (t is None or t == held_out[d])
+               for d, t in record["thresholds"].items())
+    assert out["card"] == f"{export}/README.md" and "95% CI" in (export / "README.md").read_text()
 
 
 @pytest.mark.slow

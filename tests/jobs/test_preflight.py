@@ -49,7 +49,7 @@ CASES = [
                                                         "phases.phase2.init.vision_encoder={tmp}/aligned"],
      "model.text.name_or_path"),
     ("TotalSegmentator weights missing", "ingest", ["ingest.segmentation=totalsegmentator",
-                                                    "data.source_uri={tmp}/src"], "ingest.segmentation"),
+                                                    "data.source_uri={tmp}/src"], "ingest.totalseg"),
     ("report LLM path missing", "ingest", ["ingest.report_parser=llm", "ingest.llm_path={tmp}/no_llm",
                                            "data.source_uri={tmp}/src"], "ingest.llm_path"),
     ("endpoint that is not a URL", "phase1", ["storage.s3_endpoint_url=localhost:9000"], "storage.s3_endpoint_url"),

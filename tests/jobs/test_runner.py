@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -47,9 +48,35 @@ def checkpoints(plan) -> list[Path]:
     return sorted(Path(plan.run_uri).glob("checkpoint_step*"))
 
 
+def worker_logs() -> dict[Path, int]:
+    """Size of every worker stdout/stderr file of this Ray session (what reaches the console)."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    return {p: p.stat().st_size for p in logs.glob("worker-*") if p.suffix in (".out", ".err")}
+
+
+def lines_since(before: dict[Path, int]) -> list[str]:
+    lines = []
+    for path in worker_logs():
+        with open(path, "rb") as f:
+            f.seek(before.get(path, 0))
+            lines += f.read().decode(errors="replace").splitlines()
+    return lines
+
+
 def test_two_worker_deepspeed_run_checkpoints_and_exports(ray_session, tmp_path):
     plan, spec = toy_plan(tmp_path)
+    before = worker_logs()
     result = fit_toy(plan, spec)
+
+    # each console line once (Train V2's print patch printed every worker line twice), with the
+    # step and epoch totals, samples/s and an ETA: every 10 steps, the first and each epoch's last
+    steps = [line for line in lines_since(before) if re.search(r"\[phase1\] step \d+/12 ", line)]
+    assert [int(re.search(r"step (\d+)/", line).group(1)) for line in steps] == [1, 6, 10, 12], steps
+    head = r"\[phase1\] step 6/12 \(50%\) \| epoch 1/2 \| [\d.]+ samples/s \| ETA \d+s \| mse_loss="
+    assert re.search(head, steps[1])
+    assert sum("ctvlp imported from" in line for line in lines_since(before)) == 1
 
     # every 4 steps (not at an epoch end) + every epoch end: steps 4, 6 (epoch 1), 8, 12 (epoch 2)
     names = [p.name for p in checkpoints(plan)]
@@ -71,6 +98,7 @@ def test_two_worker_deepspeed_run_checkpoints_and_exports(ray_session, tmp_path)
 
     export = Path(result.export_uri)
     assert (export / "model.safetensors").is_file() and (export / "export_meta.json").is_file()
+    assert "not a medical device" in (export / "README.md").read_text()  # the model card
     untrained = toy_eval_mse_untrained()
     assert toy_eval_mse(export, ROWS) < 0.2 * untrained
     assert list((Path(plan.run_uri) / "tensorboard").glob("events.out.tfevents.*"))

@@ -4,6 +4,7 @@ phase 3's cached tokens (random initial weights: the tests exercise the machiner
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -24,9 +25,11 @@ def make_sweep_inputs(root: Path, num_studies: int = 40, seed: int = 3, valid_fr
     overrides = [f"data.source_uri={root / 'corpus'}", f"data.shards_uri={root / 'shards'}",
                  f"data.valid_fraction={valid_fraction}", f"storage.root={root / 'runs'}",
                  f"phases.phase3.init.vision_encoder={root / 'export2'}"]
-    if not (root / "shards" / "index.json").is_file():
-        generate_corpus(root / "corpus", num_studies, seed, "tiny")
-        run_ingest(IngestConfig.from_spec(load_spec(SPEC, overrides)), log=lambda *a: None)
+    index = root / "shards" / "index.json"
+    if not index.is_file() or "shards" not in json.loads(index.read_text()):  # none, or older than its shard table
+        if not (root / "corpus" / "corpus.json").is_file():
+            generate_corpus(root / "corpus", num_studies, seed, "tiny")
+        run_ingest(IngestConfig.from_spec(load_spec(SPEC, overrides)), log=lambda *a: None)  # resumes
     if not (root / "export2" / "config.json").is_file():
         torch.manual_seed(seed)
         build_task(load_spec(SPEC, overrides), 2, init={}).export(root / "export2")

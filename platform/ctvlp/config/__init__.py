@@ -12,6 +12,7 @@ from ctvlp.config.loader import (
     write_resolved,
 )
 from ctvlp.config.schema import (
+    CompareSpec,
     DATA_PRESETS,
     ASGSpec,
     DataSpec,

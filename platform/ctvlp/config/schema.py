@@ -221,7 +221,14 @@ class ModelSpec(Strict):
     itc_targets: Literal["hard", "soft"] = "hard"  # eq. 1 hard targets, or fVLM's soft targets
     itc_reduction: Literal["pairs", "anatomy_sum"] = "pairs"  # eq. 1 mean over pairs; fVLM: sum of organ means
     itc_skip_without_abnormal: bool = False  # fVLM: skip an anatomy with no abnormal intact sample
+    # Phase 2's alignment: "anatomy" = eq. 1 per anatomy (ViSD-Boost, fVLM); "global" = CLIP, one
+    # whole-volume embedding against the whole report (Table 5's first row; phase 2 only)
+    alignment: Literal["anatomy", "global"] = "anatomy"
+    report_max_length: PosInt = 512  # "global" alignment: token limit of a whole report (anatomy texts joined)
     disease_positives: Literal["sum", "mean"] = "sum"  # eq. 2 as printed, or SupCon's mean
+    # Phase 1's visual contrast: "disease" = eq. 2 (VSED: normal anatomies one class); "instance" =
+    # every sample its own class (VSEI, Table 5's instance-level row)
+    visual_contrast: Literal["disease", "instance"] = "disease"
     vq: VQSpec = VQSpec()
     perception_activation: Literal["gelu", "none"] = "gelu"  # released code: none
 
@@ -371,11 +378,60 @@ class StorageSpec(Strict):
     max_attempts: PosInt = 4  # attempts per storage call, a warning per failed one, then an error
 
 
+class TotalSegSpec(Strict):
+    """TotalSegmentator in ingest (``ingest.segmentation: totalsegmentator``): one actor pool,
+    each actor loads the networks once (``ctvlp.segment.TotalSegmentatorSegmenter``)."""
+
+    # total: five nnU-Nets (291-295) at 1.5 mm merged into the 117 class ids; total_fast: one (297) at 3 mm
+    task: Literal["total", "total_fast"] = "total"
+    # Classes to keep: all (117), grouping (the classes data.grouping needs: only the parts holding
+    # them run, after TotalSegmentator's 6 mm crop model, task 298), or a list of class names.
+    roi_subset: Literal["all", "grouping"] | list[str] = "all"
+    num_actors: NonNegInt = 0  # segmentation actors; 0 = one per GPU of the cluster (one without GPUs)
+    # Where the actors run: auto = GPU actors when the cluster has GPUs, else CPU actors; cpu / gpu force it.
+    device: Literal["auto", "gpu", "cpu"] = "auto"
+    gpus_per_actor: Annotated[float, Field(gt=0, le=1)] = 1.0  # GPU share of a GPU actor (0.5: two per GPU)
+    cpus_per_actor: PosFloat = 1.0  # CPUs of an actor (decode, TotalSegmentator's resampling; CPU inference)
+    batch_size: PosInt = 1  # studies per actor call
+    # Folder holding Dataset291_* ...; null = TotalSegmentator's ($TOTALSEG_WEIGHTS_PATH, else
+    # $TOTALSEG_HOME_DIR/nnunet/results, else ~/.totalsegmentator/nnunet/results) on every node.
+    weights_path: str | None = None
+    # Refuse a volume with more voxels than this at the task's spacing (quarantined as
+    # segmentation_failed) instead of running out of device memory; 0 = no limit.
+    max_voxels: NonNegInt = 0
+
+    @field_validator("roi_subset")
+    @classmethod
+    def _known_classes(cls, v):
+        if isinstance(v, list):
+            known = set(_anatomy.ts_total_ids())
+            bad = sorted(set(v) - known)
+            if bad or not v:
+                raise ValueError(f"roi_subset names {bad or '[]'} are not TotalSegmentator 'total' classes")
+        return v
+
+
+class DicomSpec(Strict):
+    """DICOM series as hospitals store them (``ctvlp.transforms.dicom``)."""
+
+    # Which CT series of a folder becomes the volume (localizers, non-CT objects and single images
+    # are dropped first): thinnest (smallest slice spacing, then most slices), most_slices, or
+    # only (several candidate series -> quarantined as dicom_series).
+    series: Literal["thinnest", "most_slices", "only"] = "thinnest"
+    # A slice gap up to this many times the usual spacing (missing slices, or spacing that changes
+    # along the scan) is filled by linear interpolation onto a uniform grid; larger -> missing_slices.
+    max_gap_factor: Annotated[float, Field(ge=1)] = 2.0
+    # Gantry tilt (slice positions sheared against the slice normal): resample onto an orthogonal
+    # grid (as dcm2niix does), or quarantine as gantry_tilt.
+    gantry_tilt: Literal["resample", "quarantine"] = "resample"
+
+
 class IngestSpec(Strict):
     """The Ray Data ingest job."""
 
     segmentation: Literal["supplied", "totalsegmentator"] = "supplied"
-    totalseg_fast: bool = False  # TotalSegmentator's 3 mm `fast` model
+    totalseg: TotalSegSpec = TotalSegSpec()  # used with segmentation: totalsegmentator
+    dicom: DicomSpec = DicomSpec()  # DICOM inputs: series choice, slice gaps, gantry tilt
     report_parser: Literal["rules", "llm"] = "rules"
     llm_path: str | None = None  # a transformers causal LM dir (e.g. Qwen2.5-7B-Instruct)
     repair_headers: bool = True  # CT-RATE: rebuild geometry from the metadata CSV
@@ -548,10 +604,40 @@ class MethodsSpec(Strict):
     medslip: MedSLIPSpec = MedSLIPSpec()
 
 
+class CompareSpec(Strict):
+    """The method comparison (jobs/compare.py): which rows, how they share a budget, how many seeds.
+
+    The budget counts the epochs of the phases that train the vision encoder (1, 2 and 4); phase 3
+    trains only the VQ-VAE on cached tokens (a small fraction of a phase-2 step each) and gets its
+    share on top. Phase n's epochs are ``budget_epochs * proportions[n] / W``, rounded, at least 1,
+    with W the sum of the counted phases' proportions: of all three under ``paper`` (every row
+    trains each phase it needs exactly as the reference recipe does, so rows share runs, as in the
+    paper's Table 5), of the row's own counted phases under ``equal`` (every row spends the same
+    counted epochs, whatever its phases).
+    """
+
+    # rows of jobs/specs/ablation/ (file stems) to train and compare, in table order
+    methods: list[str] = ["clip", "fvlm", "p2_only", "vsei", "p1_p2", "full"]
+    reference: str = "full"  # the row every row's paired bootstrap difference is taken against
+    budget_epochs: PosInt = 12  # counted epochs (phases 1, 2, 4) of the reference recipe
+    budget_rule: Literal["paper", "equal"] = "paper"
+    proportions: tuple[PosFloat, PosFloat, PosFloat, PosFloat] = (60.0, 30.0, 60.0, 30.0)  # paper: phases 1-4
+    seeds: dict[str, PosInt] = {"full": 3, "p2_only": 3}  # seeds per row; seed k runs with spec.seed + k
+    default_seeds: PosInt = 1  # seeds of the rows not in `seeds`
+
+    @model_validator(mode="after")
+    def _reference_listed(self):
+        if self.reference not in self.methods:
+            raise ValueError(f"compare.reference {self.reference!r} is not in compare.methods {self.methods}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"compare.methods lists a row twice: {self.methods}")
+        return self
+
+
 # -------------------------------------------------------------------------------------- root
 class JobSpec(Strict):
-    """A whole job: data, model, the four phases, resources, storage, ingest, eval, tuning, and
-    the other methods that can train phase 2."""
+    """A whole job: data, model, the four phases, resources, storage, ingest, eval, tuning,
+    comparison, and the other methods that can train phase 2."""
 
     name: str = "ctvlp"
     seed: int = 0
@@ -563,6 +649,7 @@ class JobSpec(Strict):
     ingest: IngestSpec = IngestSpec()
     eval: EvalSpec = EvalSpec()
     tune: TuneSpec = TuneSpec()
+    compare: CompareSpec = CompareSpec()
     methods: MethodsSpec = MethodsSpec()
 
     @model_validator(mode="after")
@@ -582,6 +669,9 @@ class JobSpec(Strict):
                     f"model.input_windows[{i}] {[lo, hi]} HU lies outside data.hu_window "
                     f"{list(stored)}: the stored images hold no intensity in it"
                 )
+        if self.methods.phase2_task != "alignment" and self.model.alignment == "global":
+            raise ValueError(f"methods.phase2_task={self.methods.phase2_task} trains on anatomy tokens; "
+                             "model.alignment=global (CLIP) has none: use model.alignment=anatomy")
         if self.methods.phase2_task == "medslip" and self.phases.phase2.validate_zero_shot:
             raise ValueError("phases.phase2.validate_zero_shot needs prompt scoring; MeDSLIP scores with its "
                              "existence classifier and has no text side: set it to false")

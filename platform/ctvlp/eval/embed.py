@@ -20,6 +20,9 @@ anatomy). Along axes where the volume is no longer than the window (the ``demo``
 the whole scan in about one window) every anatomy gets the same placement, and
 :func:`study_windows` encodes a window shared by several anatomies once for all of them.
 
+A CLIP export (``model.alignment: global``) embeds each window as a whole volume and gives that
+embedding to every anatomy the window holds.
+
 Phase-4 exports (vision + text + vqvae + perception) embed through
 :func:`ctvlp.models.boost.boosted_forward`; the level-4 token activations of the anatomy before
 and after the perception MLP are sampled for the paper's Fig. 5 histogram, and the VQ-VAE code
@@ -46,7 +49,8 @@ from ctvlp.models.boost import boosted_forward
 from ctvlp.models.perception import AbnormalityPerception
 from ctvlp.models.resnet3d import STAGE_STRIDES
 from ctvlp.models.text import build_text_encoder, build_tokenizer
-from ctvlp.models.visd import build_vision_model
+from ctvlp.models.tokens import anatomy_presence
+from ctvlp.models.visd import build_vision_model, volume_embedding
 from ctvlp.models.vqvae import build_vqvae
 from ctvlp.precision import bf16_autocast
 
@@ -186,6 +190,8 @@ class EvalModel:
         self.anatomies = list(spec.data.anatomies)
         self.parts = {k: m.to(self.device).eval().requires_grad_(False) for k, m in parts.items()}
         self.boosted = "vqvae" in parts and "perception" in parts
+        # CLIP (model.alignment=global): one whole-volume embedding serves every anatomy of a window
+        self.whole_volume = spec.model.alignment == "global"
         self.tokenizer = build_tokenizer(spec.model.text.name_or_path) if "text" in parts else None
         self.method: str | None = None  # set for another method's export (_from_method_export)
         # the finding names of an existence classifier (MeDSLIP): forward_windows then returns
@@ -200,9 +206,10 @@ class EvalModel:
         if config.get("method"):  # another method's export (ASG, MeDSLIP): its task builds the parts
             return cls._from_method_export(export_dir, config, spec, device, bf16)
         m, mspec = spec.data.num_anatomies, spec.model
+        pooled = 1 if mspec.alignment == "global" else m  # CLIP pools the whole volume, one text query
         builders = {
-            "vision": lambda: build_vision_model(mspec, m, hu_window=spec.data.hu_window),
-            "text": lambda: build_text_encoder(mspec, m),
+            "vision": lambda: build_vision_model(mspec, pooled, hu_window=spec.data.hu_window),
+            "text": lambda: build_text_encoder(mspec, pooled),
             "vqvae": lambda: build_vqvae(mspec, m),
             "perception": lambda: AbnormalityPerception(m, mspec.token_dim, mspec.perception_activation),
         }
@@ -250,6 +257,10 @@ class EvalModel:
         """
         image, mask = image.to(self.device), mask.to(self.device)
         with self.autocast():
+            if self.whole_volume:
+                emb = volume_embedding(self.parts["vision"], image).float()  # [B, E]
+                present = anatomy_presence(mask, len(self.anatomies))  # [B, M]
+                return {"embeds": emb[:, None, :] * present[..., None], "valid": present}
             if not self.boosted:
                 out = self.parts["vision"](image, mask)
                 res = {"embeds": out["embeds"].float(), "valid": out["valid"]}

@@ -83,11 +83,13 @@ class PromptBank:
     @staticmethod
     @torch.no_grad()
     def encode_texts(model: EvalModel, texts: list[str], anatomy: int) -> torch.Tensor:
-        """[N, E] text embeddings of ``texts`` through anatomy ``anatomy``'s text query."""
+        """[N, E] text embeddings of ``texts`` through anatomy ``anatomy``'s text query (the one
+        query of a whole-report text encoder, CLIP's)."""
         ids = tokenize_texts(model.tokenizer, texts, model.spec.model.text.max_length)
         pad_id = model.tokenizer.pad_token_id or 0
         ids_NT, mask_NT = pad_batch(ids, pad_id)
-        which = torch.full((len(texts),), anatomy, dtype=torch.long, device=model.device)
+        query = anatomy if model.parts["text"].num_queries > 1 else 0
+        which = torch.full((len(texts),), query, dtype=torch.long, device=model.device)
         with model.autocast():
             out = model.parts["text"](ids_NT.to(model.device), mask_NT.to(model.device), which)
         return out.float().cpu()

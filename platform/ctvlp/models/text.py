@@ -208,6 +208,11 @@ class TextEncoder(nn.Module):
             module.requires_grad_(False)
 
     @property
+    def num_queries(self) -> int:
+        """Text queries (one per anatomy for per-anatomy query pooling; 1 for [CLS] pooling)."""
+        return int(self.query.shape[0]) if self.pooling == "query" else 1
+
+    @property
     def backbone_frozen(self) -> bool:
         """True when no backbone parameter trains (then its output depends on the ids only)."""
         return not any(p.requires_grad for p in self.backbone.parameters())

@@ -117,6 +117,15 @@ def anatomy_token_flags(
 
 
 @torch.no_grad()
+def anatomy_presence(mask: torch.Tensor, num_anatomies: int) -> torch.Tensor:
+    """bool [B, M]: anatomy j has >= 1 voxel in the crop (mask [B, D, H, W], j + 1 = anatomy j)."""
+    _validate_mask(mask, num_anatomies)
+    bsz = mask.shape[0]
+    present = torch.zeros(bsz, num_anatomies + 1, dtype=torch.bool, device=mask.device)
+    present.scatter_(1, mask.long().reshape(bsz, -1), True)
+    return present[:, 1:]
+
+
 def intact_anatomies(mask: torch.Tensor, num_anatomies: int) -> torch.Tensor:
     """Anatomies present in the crop and touching none of its six faces.
 
@@ -127,12 +136,11 @@ def intact_anatomies(mask: torch.Tensor, num_anatomies: int) -> torch.Tensor:
     Returns:
         bool [B, M]: True where anatomy j has >= 1 voxel and none on a face of the crop.
     """
-    _validate_mask(mask, num_anatomies)
+    present = anatomy_presence(mask, num_anatomies)
     bsz = mask.shape[0]
     ids = mask.long()
-    present = torch.zeros(bsz, num_anatomies + 1, dtype=torch.bool, device=mask.device)
-    present.scatter_(1, ids.reshape(bsz, -1), True)
     faces = [ids[:, 0], ids[:, -1], ids[:, :, 0], ids[:, :, -1], ids[:, :, :, 0], ids[:, :, :, -1]]
     face_ids = torch.cat([f.reshape(bsz, -1) for f in faces], dim=1)  # [B, 2(HW + DW + DH)]
-    touching = torch.zeros_like(present).scatter_(1, face_ids, True)
-    return (present & ~touching)[:, 1:]
+    touching = torch.zeros(bsz, num_anatomies + 1, dtype=torch.bool, device=mask.device)
+    touching.scatter_(1, face_ids, True)
+    return present & ~touching[:, 1:]

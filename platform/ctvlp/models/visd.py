@@ -124,6 +124,21 @@ class VisionModel(nn.Module):
                 "valid": pooled["valid"], "intact": intact_anatomies(mask, self.num_anatomies)}
 
 
+def volume_embedding(vision: VisionModel, image: torch.Tensor) -> torch.Tensor:
+    """Whole-volume embeddings [B, E] (CLIP's image side, ``model.alignment: global``).
+
+    The model is built with one "anatomy", the whole crop: every token of every level belongs to
+    it, so its query pooling is a learned attention pooling over the volume (mean pooling at init,
+    like the global average pooling of a CNN). Same encoder, pooling module and projection as the
+    anatomy-wise models, only the token membership differs. image [B, 1, D, H, W].
+    """
+    if vision.num_anatomies != 1:
+        raise ValueError(f"volume_embedding needs a vision model with one pooled 'anatomy' (the whole "
+                         f"volume), got M={vision.num_anatomies}")
+    whole = torch.ones((image.shape[0], *image.shape[2:]), dtype=torch.uint8, device=image.device)
+    return vision(image, whole)["embeds"][:, 0]
+
+
 def stored_windows(hu_windows: Sequence[tuple[float, float]],
                    hu_window: tuple[float, float]) -> list[tuple[float, float]]:
     """HU windows -> windows in stored [0, 1] units of images windowed to ``hu_window`` (lo, hi)."""

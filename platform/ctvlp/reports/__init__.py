@@ -1,7 +1,8 @@
 """Report -> per-anatomy text and label (1 abnormal, 0 normal, -1 unknown).
 
 ``parse_report(findings, impression, anatomies, uncertainty) -> {anatomy: (text, label)}`` is the
-default rule parser (:mod:`ctvlp.reports.rules`, text clean-up in :mod:`ctvlp.reports.normalise`);
+default rule parser (:mod:`ctvlp.reports.rules`; text clean-up in :mod:`ctvlp.reports.normalise`,
+negation and hedges in :mod:`ctvlp.reports.assertion`, measurements in :mod:`ctvlp.reports.measure`);
 :class:`ctvlp.reports.llm.LLMReportParser` is the causal-LM backend that validates its JSON
 (:mod:`ctvlp.reports.schema`) and falls back to the rules or fails, by policy.
 :mod:`ctvlp.reports.readable` spots reports no parser can read (empty, another language);

@@ -8,7 +8,9 @@ types, missing or extra anatomies, an abnormal or uncertain anatomy without text
 reply. On failure the ``fallback`` policy (``ingest.llm_fallback``) either parses the report with
 the rules (``"rules"``, as before issue 21) or marks it failed (``"quarantine"``: ingest
 quarantines it as ``report_unparsed``). Hedged findings ("uncertain" and not "abnormal") are
-labelled by the same uncertainty policy as the rule parser (``ingest.report_uncertainty``).
+labelled by the same uncertainty policy as the rule parser (``ingest.report_uncertainty``), and
+the prompt carries the same text the rule parser reads: the findings and impression of a report
+pasted whole with its headers (:func:`ctvlp.reports.normalise.report_sections`).
 ``stats`` counts the outcomes and the failure reasons (codes only: report text never reaches logs).
 
 Ingest runs it in a Ray Data actor pool (``ingest.reports``); :func:`hf_batch_generate_fn` loads a
@@ -26,6 +28,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ctvlp.reports.normalise import report_sections
 from ctvlp.reports.rules import NORMAL_TEMPLATE, UNCERTAINTY_POLICIES, Parsed, RuleReportParser
 from ctvlp.reports.schema import validate_for
 
@@ -37,8 +40,10 @@ PROMPT = """You are a radiologist. Read the CT report below and, for each anatom
 decide whether the report states ANY abnormality of it ("abnormal": true), only raises a hedged
 one such as "possible", "suspicious for" or "cannot be excluded" ("abnormal": false,
 "uncertain": true), or it is completely healthy or not mentioned (both false), and copy the
-report's sentences about it into "text" (empty string if none). Stable or unchanged findings are
-still abnormal; "heart size is unchanged" alone is not.
+report's sentences about it into "text" (empty string if none). Stable or unchanged findings,
+post-operative states (bypass grafts, valve replacement, stent graft, esophagectomy, lobectomy),
+calcification and a measurement beyond normal are abnormal; "heart size is unchanged" alone, a
+resolved finding and a physiologic amount of fluid are not.
 Answer with one JSON object and nothing else, with exactly these keys:
 {{"<anatomy>": {{"abnormal": true|false, "uncertain": true|false, "text": "..."}}, ...}}
 
@@ -142,9 +147,11 @@ class LLMReportParser:
         self.stats: Counter[str] = Counter()
 
     def prompt(self, findings: str | None, impression: str | None) -> str:
-        return PROMPT.format(
-            anatomies=", ".join(self.anatomies), findings=findings or "", impression=impression or ""
-        )
+        """The prompt for one report: its findings and impression sections only, as the rule parser
+        reads them (:func:`ctvlp.reports.normalise.report_sections` drops indication, history,
+        technique and comparison lines of a report pasted whole)."""
+        return PROMPT.format(anatomies=", ".join(self.anatomies), findings=report_sections(findings or ""),
+                             impression=report_sections(impression or ""))
 
     def _from_reply(self, reply: str) -> Parsed:
         parsed = validate_for(extract_json(reply), self.anatomies)

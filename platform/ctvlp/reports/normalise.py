@@ -1,11 +1,23 @@
-"""Report text before the rule parser sees it: sections, line wraps, typos.
+"""Report text before the rule parser sees it: sections, line wraps, abbreviations, typos.
 
 - :func:`report_sections`: a report pasted whole ("INDICATION: ? pneumothorax\\nFINDINGS: ...")
-  keeps only its findings and impression (plus any text before the first header); indication,
-  history, technique and comparison lines mention anatomies that the scan need not show.
+  keeps only its findings and impression (plus any text before the first header, except an
+  all-capitals title line such as "CT ANGIOGRAPHY CHEST FOR DISSECTION"); indication, history,
+  technique and comparison lines mention anatomies that the scan need not show. In a report
+  without a findings or impression header, such a section is its one line, and the lines after
+  it are the findings ("INDICATION: ? PE\\nLungs clear."). A header starts a
+  line ("IMPRESSION:", "Indication/History:") or, followed by a colon, a sentence
+  ("... no effusion. IMPRESSION: ...").
 - :func:`join_line_wraps`: a line break inside a sentence ("There is moderate\\ncardiomegaly.")
   is a space; a break after ``.!?:``, before a header, a bullet or a capitalised line after a
-  content word stays a break.
+  content word stays a break. A short label line ("AORTA:") is joined to the line it labels.
+- :func:`split_enumerations`: "1) Cardiomegaly 2) No effusion" or "1. ... 2. ..." on one line
+  are separate items (a negation never reaches into the next one).
+- :func:`expand_abbreviations`: terse reports' shorthand (:data:`ABBREVIATIONS`: "s/p" ->
+  "status post", "c/w", "r/o", "w/o", "WNL", "nl", "vs.", "?PE" -> "possible PE"), double
+  negations (:data:`DOUBLE_NEGATIONS`: "not without" -> "with"), "non-dilated" -> "not
+  dilated" (:data:`NEGATABLE_ADJECTIVES`) and hyphenated prefixes ("post-esophagectomy",
+  "normal-caliber") split into words.
 - :func:`correct_typos`: a word of five letters or more that is one edit (insertion, deletion,
   substitution or transposition) from exactly one lexicon word, and is no lexicon word itself,
   is replaced by it ("cardiomegally", "plueral", "cleer"). The lexicon words are its single-word
@@ -19,11 +31,14 @@ from functools import lru_cache
 
 from ctvlp.reports import lexicon as L
 
-_HEADER = re.compile(
-    r"^[ \t]*(?P<name>" + "|".join(re.escape(n) for n in sorted(L.REPORT_SECTIONS + L.OTHER_SECTIONS,
-                                                                  key=len, reverse=True))
-    + r")[ \t]*(?::|$)", re.I | re.M,
-)
+_NAMES = "|".join(re.escape(n) for n in sorted(L.REPORT_SECTIONS + L.OTHER_SECTIONS, key=len, reverse=True))
+# "INDICATION:", "Clinical history / indication:", a header alone on its line ("IMPRESSION").
+_NAME_LIST = rf"(?:{_NAMES})(?:[ \t]*(?:/|&|\band\b)[ \t]*(?:{_NAMES}))*"
+_HEADER = re.compile(rf"^[ \t]*(?P<name>{_NAME_LIST})[ \t]*(?::|$)", re.I | re.M)
+# Inside a line a header needs a colon and the end of a sentence before it.
+_INLINE_HEADER = re.compile(rf"(?<=[.!?])[ \t]+(?P<name>{_NAME_LIST})[ \t]*:", re.I)
+_TITLE = re.compile(r"^[^a-z.]*[A-Z][^a-z.]*$")  # a line in capitals without a full stop
+_LABEL_LINE = re.compile(r"^[A-Za-z][\w /&,-]{0,40}:$")  # "AORTA:", "Lungs/pleura:"
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s")
 # A line ending in one of these words continues on the next line whatever its case.
 _CONTINUES = frozenset({
@@ -36,15 +51,33 @@ _WORD = re.compile(r"[A-Za-z][A-Za-z-]*")
 
 def report_sections(text: str) -> str:
     """The findings and impression parts of ``text`` (all of it when it has no known header)."""
-    heads = list(_HEADER.finditer(text))
+    heads = sorted(list(_HEADER.finditer(text)) + list(_INLINE_HEADER.finditer(text)), key=lambda m: m.start())
     if not heads:
         return text
-    keep = [text[: heads[0].start()]]
+    preamble = [ln for ln in text[: heads[0].start()].splitlines() if not _TITLE.match(ln.strip())]
+    keep = ["\n".join(preamble)]
+    unheaded = not any(_is_report_section(m.group("name")) for m in heads)
     for i, m in enumerate(heads):
         end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
-        if m.group("name").lower() in L.REPORT_SECTIONS:
+        if _is_report_section(m.group("name")):
             keep.append(text[m.end() : end])
+        elif unheaded:  # "INDICATION: ? PE\nLungs clear.": the findings follow the indication's line
+            keep.append(_after_first_line(text[m.end() : end]))
     return "\n".join(k.strip() for k in keep if k.strip())
+
+
+def _after_first_line(body: str) -> str:
+    """``body`` without its first non-empty line (the content of a one-line section)."""
+    lines = body.lstrip(" \t").split("\n")
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    return "\n".join(lines[1:])
+
+
+def _is_report_section(name: str) -> bool:
+    """A findings or impression header ("Findings/Impression" counts; "History/Indication" not)."""
+    parts = re.split(r"\s*(?:/|&|\band\b)\s*", name.strip().lower())
+    return any(p in L.REPORT_SECTIONS for p in parts)
 
 
 def join_line_wraps(text: str) -> str:
@@ -63,6 +96,8 @@ def join_line_wraps(text: str) -> str:
 
 
 def _wrapped(prev: str, line: str) -> bool:
+    if _LABEL_LINE.match(prev) and not _HEADER.match(prev) and not _HEADER.match(line):
+        return True  # "AORTA:" on its own line labels the next one
     if prev[-1] in ".!?:;" or _HEADER.match(line) or _BULLET.match(line):
         return False
     last = prev.split()[-1].lower().strip(",")
@@ -105,6 +140,57 @@ def correct_typos(text: str) -> str:
     return _WORD.sub(fix, text)
 
 
+_ENUMERATOR = re.compile(r"(?:^|[ \t]+)\(?\d{1,2}[.)]\s+(?=[A-Z])", re.M)
+
+
+def split_enumerations(text: str) -> str:
+    """Each numbered item ("1)", "2.") of ``text`` on its own line, its number dropped."""
+    return _ENUMERATOR.sub("\n", text).lstrip("\n")
+
+
+# Abbreviations of terse reports, expanded before parsing regex
+# (case-insensitive, whole words) -> replacement. "?PE" and "? pneumothorax" are questions: hedges.
+ABBREVIATIONS: tuple[tuple[str, str], ...] = (
+    (r"\bs/p\b|\bstatus-post\b", "status post"), (r"\bc/w\b", "consistent with"),
+    (r"\br/o\b", "rule out"), (r"\bw/o\b", "without"), (r"\bw/(?!o\b)\s*", "with "),
+    (r"\bh/o\b", "history of"), (r"\bf/u\b", "follow-up"), (r"\bb/l\b|\bbilat\b", "bilateral"),
+    (r"\bwnl\b", "within normal limits"), (r"\bnad\b", "no abnormality detected"), (r"\bnml\b", "normal"),
+    (r"\bunrem\b", "unremarkable"), (r"\babnl\b", "abnormal"), (r"\bnl\b", "normal"), (r"\bneg\b", "negative"),
+    (r"\bvs\b\.?", "versus"), (r"\bapprox\b\.?", "approximately"), (r"\be\.g\.|\bi\.e\.", ""),
+    (r"\basc\b\.?", "ascending"), (r"\bdesc\b\.?", "descending"), (r"\bcan't\b", "cannot"),
+    (r"(?<![\w?])\?\s*(?=[a-z])", "possible "),
+)
+
+# Double negations read as what they state ("not without emphysema" = with emphysema).
+DOUBLE_NEGATIONS: tuple[tuple[str, str], ...] = (
+    (r"\bnot without\b", "with"), (r"\bnot free (?:of|from)\b", "with"), (r"\bnot absent\b", "present"),
+    (r"\bnot (?:entirely |completely |totally |quite )?(?:unremarkable|normal|clear)\b", "abnormal"),
+    (r"\bnot unlikely\b", "possible"),
+    (r"\bnot inconsistent with\b", "consistent with"), (r"\bnot (?:devoid of|lacking)\b", "with"),
+    # a coronary calcium (Agatston) score of zero is no calcification; any other score is some
+    (r"\b(?:coronary (?:artery )?)?(?:calcium|agatston)(?: calcium)? score(?: of| is| was|:|=)?\s*0\b(?![.,]\d)",
+     "no coronary calcification"),
+)
+
+# Adjectives whose "non-"/"non" form denies a finding ("non-dilated aorta" = "not dilated aorta");
+# other "non-" words keep their meaning as one word ("noncalcified nodule" is a nodule).
+NEGATABLE_ADJECTIVES: tuple[str, ...] = (
+    "dilated", "enlarged", "aneurysmal", "distended", "thickened", "obstructed", "obstructing",
+)
+
+_ABBREVIATIONS = [(re.compile(p, re.I), r) for p, r in ABBREVIATIONS + DOUBLE_NEGATIONS]
+_NON = re.compile(r"\bnon-?(" + "|".join(NEGATABLE_ADJECTIVES) + r")\b", re.I)
+_PREFIX = re.compile(r"\b(post|normal|well|status)-(?=[a-z])", re.I)
+
+
+def expand_abbreviations(text: str) -> str:
+    """``text`` with shorthand, double negations and negating prefixes spelt out (module doc)."""
+    for pattern, repl in _ABBREVIATIONS:
+        text = pattern.sub(repl, text)
+    return _PREFIX.sub(r"\1 ", _NON.sub(r"not \1", text))
+
+
 def normalise(text: str | None) -> str:
-    """Sections, then line wraps, then typos: the text the rule parser splits into sentences."""
-    return correct_typos(join_line_wraps(report_sections(text or "")))
+    """Sections, line wraps, abbreviations, then typos: the text the rule parser splits into sentences."""
+    joined = split_enumerations(join_line_wraps(report_sections(text or "")))
+    return correct_typos(expand_abbreviations(joined))

@@ -3,26 +3,31 @@
 Pipeline, per report section (impression first, then findings, as fVLM concatenates them):
 
 0. normalise (:mod:`ctvlp.reports.normalise`): keep the findings and impression of a report
-   pasted whole with its headers, join line wraps inside sentences, correct one-edit typos;
-1. sentences: split on ``.!?`` followed by whitespace, and on newlines ("3.5 cm" stays whole);
+   pasted whole with its headers, join line wraps inside sentences, spell out abbreviations and
+   double negations ("s/p" -> "status post", "not without" -> "with"), correct one-edit typos;
+1. sentences: split on ``.!?`` followed by whitespace, and on newlines ("3.5 cm" stays whole). A
+   line labelled with an anatomy ("AORTA: Normal caliber. Scattered calcified plaque.") lends its
+   label to its later sentences that name no anatomy and no other structure
+   (``lexicon.OTHER_STRUCTURES``);
 2. clauses: hard split on ``; :`` and contrast words (but, however, whereas, although, except);
    soft split on commas, "and", "with", "without" only where the left part is already a
    statement (it has a predicate, a trigger or a finding word) and, for commas and "and", the
    right part is about an anatomy and says something of it. "The liver is enlarged and the
    spleen is normal" and "Normal lungs, dilated aorta" split; "The liver and spleen are normal"
    and "normal in size, contour, and attenuation" do not;
-3. anatomies per clause from the lexicon (blockers masked, longest phrase first); a clause that
-   names none inherits the previous clause's anatomies ("..., with a 2 cm cyst"); a bare subject
-   ("Liver:") is merged into the clause that follows it;
-4. assertion per comma segment of a clause (NegEx-style, :func:`RuleReportParser.segment_status`):
-   stability and pseudo-negation phrases are removed ("not appreciably changed", "unchanged");
-   a pre-negation negates the rest of its segment, a post-negation the segment before it; a
-   segment that still says something besides anatomy names, neutral words ("size", "shows")
-   and measurements is ``abnormal`` ("Thoracic aorta is calcified, not dilated"); a hedge
-   ("possible", "cannot be excluded") with no finding stated before it is ``uncertain``; a
-   segment with a negation or a stability statement and nothing else is ``normal``
-   ("Heart size is unchanged."). A list after a negated segment stays negated ("no nodule,
-   consolidation or effusion"). An aortic diameter of at least ``AORTA_MAX_MM`` is abnormal.
+3. anatomies per clause from the lexicon (blockers masked, longest phrase first; a phrase may name
+   several anatomies, "cardiopulmonary"; a phrase that usually means one organ is claimed by
+   another the sentence names, ``lexicon.CLAIMED_BY_CONTEXT``: "effusion" is pleural but not in
+   "heart enlarged with a small effusion", "lobe" no lung in "thyroid nodule in the right lobe";
+   an anatomy after a landmark preposition is no subject, "lymph node adjacent to the aortic
+   arch"); a clause that names none inherits the previous clause's anatomies ("..., with a 2 cm
+   cyst"); a bare subject or label ("Liver:", "Lungs, heart and mediastinum:") is merged into the
+   clause that follows it;
+4. assertion of each clause (:mod:`ctvlp.reports.assertion`, NegEx-style, per comma segment):
+   negation scoped to what it governs ("Thoracic aorta is calcified, not dilated" is abnormal),
+   stability is no finding ("Heart size is unchanged." is normal), hedges are ``uncertain``,
+   closing verdicts and negated lists cover their items, and a measurement beyond its normal
+   limit (:mod:`ctvlp.reports.measure`) is abnormal.
 
 Output (decided, and matching fVLM's "impression-based" texts, shared/research/method.md 5.4):
 an anatomy is abnormal (1) if any clause about it is abnormal; otherwise, if a clause about it is
@@ -46,21 +51,19 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ctvlp.reports import lexicon as L
+from ctvlp.reports.assertion import RANK, SOFT_SPLIT, Assertion
 from ctvlp.reports.normalise import normalise
 
 NORMAL_TEMPLATE = "{anatomy} shows no significant abnormalities."
 UNCERTAINTY_POLICIES: dict[str, int] = {"abnormal": 1, "unknown": -1, "normal": 0}
-AORTA_MAX_MM = 40.0  # an aortic diameter at or above this is dilated (ascending aorta, adults)
 
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _HARD_SPLIT = re.compile(
     r"\s*[;:]\s*|,?\s*\b(?:but|however|whereas|although|though|except|apart from|otherwise)\b,?\s*", re.I
 )
-_SOFT_SPLIT = re.compile(r",?\s+(?:and|with|without|while)\s+|,\s*", re.I)
 _WORD = re.compile(r"[a-z][a-z-]*", re.I)
 _STRIP_CHARS = re.compile(r"[\"'()\[\]{}]")
-_MEASURE = re.compile(r"(\d+(?:\.\d+)?)\s*(mm|cm)\b", re.I)
-_RANK = {"abnormal": 3, "uncertain": 2, "normal": 1, None: 0}
+_LABEL = re.compile(r"^\s*([A-Za-z][\w /&,-]{0,40}?)\s*:\s*(?=\S)")  # "AORTA: ..." at a line start
 
 
 @dataclass
@@ -111,99 +114,50 @@ class RuleReportParser:
         lex = dict(L.ANATOMY_TERMS if lexicon is None else lexicon)
         for name in self.anatomies:
             lex.setdefault(name, (name,))
-        self._term_to_anatomy = {t.lower(): a for a, terms in lex.items() for t in terms}
+        self._term_to_anatomy: dict[str, list[str]] = {}
+        for a, terms in lex.items():  # a phrase may name several anatomies ("cardiopulmonary")
+            for t in terms:
+                names = self._term_to_anatomy.setdefault(re.sub(r"[\s-]+", " ", t.lower()), [])
+                names += [a] if a not in names else []
         self._terms = L.phrase_regex(list(self._term_to_anatomy))
         self._blockers = L.phrase_regex(L.BLOCKERS)
-        self._pre = L.phrase_regex(L.PRE_NEGATIONS)
-        self._post = L.phrase_regex(L.POST_NEGATIONS)
-        self._hedge_pre = L.phrase_regex(L.HEDGES_PRE)
-        self._hedge_post = L.phrase_regex(L.HEDGES_POST)
-        self._confident = L.phrase_regex(L.CONFIDENT)
-        self._negated_hedges = L.phrase_regex(L.NEGATED_HEDGES)
-        self._pseudo = L.phrase_regex(L.PSEUDO_NEGATIONS + L.STABILITY)
-        self._findings = L.phrase_regex(L.FINDING_TERMS)
+        self.assertion = Assertion(self._terms, self._blockers, self.mentions)
+        self._others = L.phrase_regex(L.OTHER_STRUCTURES)
+        self._landmark = L.phrase_regex(L.LANDMARKS)
 
     # -- detection ---------------------------------------------------------------------------
-    def mentions(self, text: str) -> list[str]:
-        """Anatomies named in ``text``, in order of first mention (blockers masked)."""
+    def mentions(self, text: str, context: str | None = None) -> list[str]:
+        """Anatomies named in ``text``, in order of first mention (blockers masked); ``context``
+        (default ``text``: its sentence and line label) decides terms claimed by another organ."""
         masked = self._blockers.sub(lambda m: " " * len(m.group()), text)
+        words = set(_WORD.findall((context or masked).lower()))
         found: list[str] = []
         for m in self._terms.finditer(masked):
-            anatomy = self._term_to_anatomy[re.sub(r"[\s-]+", " ", m.group().lower())]
-            if anatomy not in found:
-                found.append(anatomy)
+            term = re.sub(r"[\s-]+", " ", m.group().lower())
+            if words & set(L.CLAIMED_BY_CONTEXT.get(term, ())):
+                continue  # "thyroid nodule in the right lobe"
+            for anatomy in self._term_to_anatomy[term]:
+                if anatomy not in found:
+                    found.append(anatomy)
         return found
 
-    def _content_words(self, text: str) -> list[str]:
-        masked = self._terms.sub(" ", self._blockers.sub(" ", text))
-        return [w for w in _WORD.findall(masked.lower())
-                if w not in L.FILLER_WORDS and w not in L.NEUTRAL_WORDS]
+    def subjects(self, clause: str, context: str | None = None) -> list[str]:
+        """Anatomies a clause is about: those named before a landmark preposition when that part
+        names a subject ("Nodule abutting the aorta" is lung, "Lymph node adjacent to the aortic
+        arch" nothing), else all it names."""
+        m = self._landmark.search(clause)
+        head = clause[: m.start()] if m else ""
+        if head and (self.mentions(head, context) or self.assertion.content_words(head)):
+            return self.mentions(head, context)
+        return self.mentions(clause, context)
 
-    def _says_something(self, text: str) -> bool:
-        """A finding term or a content word (not anatomy, filler, neutral) in ``text``."""
-        return bool(self._findings.search(text) or self._content_words(text))
-
-    def _is_statement(self, text: str) -> bool:
-        words = set(_WORD.findall(text.lower()))
-        return bool(
-            words & L.PREDICATE_WORDS
-            or self._pre.search(text) or self._post.search(text) or self._pseudo.search(text)
-            or self._hedge_pre.search(text) or self._hedge_post.search(text) or self._findings.search(text)
-        )
-
-    def _has_own_assertion(self, text: str) -> bool:
-        """A verb, trigger, degree word or measurement of its own: not the tail of a negated list."""
-        words = set(_WORD.findall(text.lower()))
-        return bool(words & (L.PREDICATE_WORDS | L.DEGREE_WORDS) or _MEASURE.search(text)
-                    or self._pre.search(text) or self._post.search(text)
-                    or self._hedge_pre.search(text) or self._hedge_post.search(text))
-
-    def _continues_negated_list(self, left: str, right: str) -> bool:
-        # "no nodule, consolidation or emphysema": the negation covers every item of the list, so
-        # a right part with no verb or trigger of its own stays in the negated clause (NegEx scope).
-        if not self._pre.search(self._pseudo.sub(" ", left)):
-            return False
-        return not self._has_own_assertion(right)
-
-    def _affirmed(self, text: str) -> str:
-        """The part of a segment no negation covers: before the first pre-negation (outside a
-        post-negation phrase such as "is not seen"), after the last post-negation before it."""
-        posts = list(self._post.finditer(text))
-        pre = next((m for m in self._pre.finditer(text) if not any(  # "not" inside "is not seen"
-            p.start() <= m.start() < p.end() and len(p.group()) >= len(m.group()) for p in posts)), None)
-        end = pre.start() if pre else len(text)
-        start = max((m.end() for m in posts if m.end() <= end), default=0)
-        return text[start:end] if start <= end else ""
-
-    def segment_status(self, segment: str) -> str | None:
-        """"abnormal", "uncertain", "normal" or None for one comma segment (module doc, step 4)."""
-        text = self._negated_hedges.sub("no", segment)
-        stated = bool(self._pseudo.search(text))
-        text = self._confident.sub(" ", self._pseudo.sub(" ", text))
-        if self._hedge_post.search(text):
-            return "uncertain"
-        hedge = self._hedge_pre.search(text)
-        if hedge:
-            return "abnormal" if self._says_something(self._affirmed(text[: hedge.start()])) else "uncertain"
-        affirmed = self._affirmed(text)
-        if self._says_something(affirmed):
-            return "abnormal"
-        return "normal" if (affirmed != text or stated) else None
+    def segment_status(self, segment: str, anatomies: list[str] | None = None) -> str | None:
+        """"abnormal", "uncertain", "normal" or None for one comma segment (:mod:`ctvlp.reports.assertion`)."""
+        return self.assertion.segment_status(segment, anatomies)
 
     def status(self, clause: str, anatomies: list[str] | None = None) -> str | None:
-        """A clause's assertion: the strongest of its comma segments' (abnormal > uncertain >
-        normal > None); the items of a negated list stay negated."""
-        if "aorta" in (anatomies or []) and _max_mm(clause) >= AORTA_MAX_MM:
-            return "abnormal"
-        best, negated = None, False
-        for seg in (s for s in clause.split(",") if s.strip()):
-            if negated and not self._has_own_assertion(seg):
-                st = "normal"
-            else:
-                st = self.segment_status(seg)
-                negated = bool(self._pre.search(self._pseudo.sub(" ", seg)))
-            best = max(best, st, key=_RANK.__getitem__)
-        return best
+        """A clause's assertion, the strongest of its comma segments' (:mod:`ctvlp.reports.assertion`)."""
+        return self.assertion.status(clause, anatomies)
 
     def polarity(self, clause: str) -> bool | None:
         """True = abnormal or uncertain, False = normal statement, None = no assertion."""
@@ -214,23 +168,28 @@ class RuleReportParser:
     def split_clauses(self, sentence: str) -> list[str]:
         """Clauses of one sentence (see the module doc for where it splits)."""
         out: list[str] = []
-        for piece in _HARD_SPLIT.split(sentence):
+        seps = [m.group() for m in _HARD_SPLIT.finditer(sentence)] + [""]
+        for piece, sep in zip(_HARD_SPLIT.split(sentence), seps):
             piece = piece.strip(" ,.")
             if not piece:
                 continue
-            cuts = list(_SOFT_SPLIT.finditer(piece))
+            if sep.strip() == ":" and not self.assertion.has_own_assertion(piece) and not self.assertion.findings.search(piece):
+                out.append(piece + ":")  # a label ("Lungs, heart and mediastinum:") for what follows
+                continue
+            cuts = list(SOFT_SPLIT.finditer(piece))
+            bounds = [0] + [c.start() for c in cuts] + [len(piece)]
             start = 0
             for i, m in enumerate(cuts):
                 left = piece[start : m.start()]
-                nxt = cuts[i + 1].start() if i + 1 < len(cuts) else len(piece)
-                right = piece[m.end() : nxt]
+                right = piece[m.end() : bounds[i + 2]]
                 joiner = m.group().strip(" ,").lower()
                 needs_anatomy = joiner in ("", "and")
                 right_ok = not needs_anatomy or bool(
-                    self.mentions(right) and (self._is_statement(right) or self._says_something(right)))
-                if needs_anatomy and self._continues_negated_list(left, right):
+                    self.mentions(right) and (self.assertion.is_statement(right) or self.assertion.says_something(right)))
+                if needs_anatomy and (self.assertion.continues_negated_list(left, right)
+                                      or self.assertion.shared_verdict(left, piece[m.start() :])):
                     right_ok = False
-                if self._is_statement(left) and right_ok:
+                if self.assertion.is_statement(left) and right_ok:
                     out.append(left.strip(" ,"))
                     keep = joiner in ("with", "without", "while")  # "without" carries the negation
                     start = m.start() + (1 if m.group().startswith(",") else 0) if keep else m.end()
@@ -240,15 +199,17 @@ class RuleReportParser:
     def clauses(self, text: str) -> list[Clause]:
         """All clauses of a normalised report section with anatomies (inherited/merged) and status."""
         result: list[Clause] = []
-        for sentence in _SENTENCE_SPLIT.split(_STRIP_CHARS.sub("", text or "")):
+        for sentence, context in self._sentences(text):
             prev: list[str] = []
             pending = ""  # a bare subject ("Liver") waiting for its predicate
             for raw in self.split_clauses(sentence):
                 raw = f"{pending}: {raw}" if pending else raw
                 pending = ""
-                names = self.mentions(raw)
+                label = raw.endswith(":")
+                raw = raw.rstrip(":")
+                names = self.subjects(raw, context)
                 st = self.status(raw, names or prev)
-                if names and st is None and not self._is_statement(raw):
+                if names and (label or (st is None and not self.assertion.is_statement(raw))):
                     pending = raw  # bare subject: merge into the next clause
                     continue
                 inherited = not names
@@ -257,8 +218,24 @@ class RuleReportParser:
                     result.append(Clause(raw, list(names), st, inherited))
                     prev = names
             if pending:
-                result.append(Clause(pending, self.mentions(pending), None))
+                result.append(Clause(pending, self.mentions(pending, context), None))
         return result
+
+    def _sentences(self, text: str) -> list[tuple[str, str]]:
+        """``(sentence, context)`` of a normalised section; a line labelled with an anatomy
+        ("AORTA: Normal caliber. Calcified plaque.") prefixes its label to its later sentences that
+        name no anatomy and no other structure; the context is the sentence and its line's label
+        ("Thyroid: 1.5 cm left lobe nodule." is no lung)."""
+        out: list[tuple[str, str]] = []
+        for line in _STRIP_CHARS.sub("", text or "").splitlines():
+            m = _LABEL.match(line)
+            label = m.group(1) if m and self.mentions(m.group(1)) and not self.assertion.is_statement(m.group(1)) else ""
+            for i, sentence in enumerate(s for s in _SENTENCE_SPLIT.split(line) if s.strip()):
+                if label and i > 0 and not (self.mentions(sentence) or self._others.search(sentence)
+                                            or self._blockers.search(sentence)):
+                    sentence = f"{label}: {sentence}"
+                out.append((sentence, f"{m.group(1) if m else ''} {sentence}"))
+        return out
 
     # -- per-anatomy output ------------------------------------------------------------------
     def parse(self, findings: str | None, impression: str | None) -> Parsed:
@@ -273,7 +250,7 @@ class RuleReportParser:
                         continue
                     if name not in mentioned:
                         mentioned.append(name)
-                    status[name] = max(status[name], clause.status, key=_RANK.__getitem__)
+                    status[name] = max(status[name], clause.status, key=RANK.__getitem__)
                     _append(texts[name], clause.text, clause.inherited)
         out_texts, labels = {}, {}
         for name in self.anatomies:
@@ -288,12 +265,6 @@ class RuleReportParser:
     def __call__(self, findings: str | None, impression: str | None) -> dict[str, tuple[str, int]]:
         """``{anatomy: (text, label)}`` for every anatomy of the parser, in its order."""
         return self.parse(findings, impression).as_dict()
-
-
-def _max_mm(text: str) -> float:
-    """Largest measurement in ``text`` in mm (0 when none): "4.6 cm" -> 46."""
-    vals = [float(v) * (10.0 if u.lower() == "cm" else 1.0) for v, u in _MEASURE.findall(text)]
-    return max(vals, default=0.0)
 
 
 def _append(parts: list[str], text: str, inherited: bool) -> None:

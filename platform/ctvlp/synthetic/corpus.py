@@ -23,7 +23,7 @@ import numpy as np
 from ctvlp.diseases import SYNTHETIC
 from ctvlp.synthetic.findings_image import IMAGE_PLANTERS, ImageContext
 from ctvlp.synthetic.findings_shape import SHAPE_PLANTERS, ShapeContext
-from ctvlp.synthetic.lesions import DISEASE_PARAMS
+from ctvlp.synthetic.lesions import DISEASE_PARAMS, PARAM_TABLES
 from ctvlp.synthetic.phantom import finish, render, sample_anatomy
 from ctvlp.synthetic.presets import Preset, get_preset
 from ctvlp.synthetic.reports import write_report
@@ -135,10 +135,11 @@ def make_study(plan: StudyPlan, seed: int, preset: Preset, root: Path, layout: s
     grid, fov = _grid(preset, anatomy, rng)
     tissue = sample_tissue(rng)
     min_radius = preset.min_radius_vox * grid.max_spacing
-    sctx = ShapeContext(anatomy, tissue, rng, grid.max_spacing, min_radius, preset.lesion_min_vox)
+    params = PARAM_TABLES[preset.findings]
+    sctx = ShapeContext(anatomy, tissue, rng, grid.max_spacing, min_radius, preset.lesion_min_vox, params)
     findings = [planter(sctx) for name, planter in SHAPE_PLANTERS.items() if name in plan.diseases]
     canvas = render(anatomy, grid, tissue, min_radius, rng)
-    ictx = ImageContext(canvas, rng, preset.lesion_min_vox)
+    ictx = ImageContext(canvas, rng, preset.lesion_min_vox, params)
     findings += [planter(ictx) for name, planter in IMAGE_PLANTERS.items() if name in plan.diseases]
     findings.sort(key=lambda f: DISEASES.index(f.disease))
     report = write_report(findings, bool(tissue["contrast"]), rng)

@@ -8,13 +8,13 @@ returns the :class:`~ctvlp.synthetic.lesions.Finding` it planted; the canvas is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
-from ctvlp.synthetic.lesions import DISEASE_ANATOMY, DISEASE_PARAMS, Finding, min_size
+from ctvlp.synthetic.lesions import DISEASE_ANATOMY, DISEASE_PARAMS, DiseaseParams, Finding, min_size
 from ctvlp.synthetic.phantom import LOBES, Canvas
 from ctvlp.synthetic.shapes import SmoothField
 
@@ -26,22 +26,25 @@ DENSE_LUNG_HU = -400.0  # lung voxels above this are a lesion (nodule, consolida
 
 @dataclass
 class ImageContext:
-    """A canvas to edit, the rng, and the preset's visibility factor."""
+    """A canvas to edit, the rng, the preset's visibility factor and its parameter table."""
 
     canvas: Canvas
     rng: np.random.Generator
     lesion_min_vox: float
+    params: Mapping[str, DiseaseParams] = field(default_factory=lambda: DISEASE_PARAMS)
 
     def size(self, disease: str) -> float:
-        lo, hi = DISEASE_PARAMS[disease].size_mm
+        lo, hi = self.params[disease].size_mm
         return float(self.rng.uniform(lo, hi))
 
+    def min_size(self, disease: str) -> float:
+        return min_size(disease, self.canvas.grid.max_spacing, self.lesion_min_vox, self.params)
+
     def radius(self, disease: str) -> float:
-        vis = min_size(disease, self.canvas.grid.max_spacing, self.lesion_min_vox)
-        return max(0.5 * self.size(disease), vis)
+        return max(0.5 * self.size(disease), self.min_size(disease))
 
     def hu(self, disease: str) -> float:
-        lo, hi = DISEASE_PARAMS[disease].hu
+        lo, hi = self.params[disease].hu
         return float(self.rng.uniform(lo, hi))
 
     def finding(self, disease: str, **kw: object) -> Finding:
@@ -146,7 +149,7 @@ def emphysema(ctx: ImageContext) -> Finding:
             break
         pool = pools[0] if rng.random() < 0.7 and pools[0].size else pools[1]
         idx = np.unravel_index(int(rng.choice(pool)), lung.shape)
-        r = max(rng.uniform(4.0, 15.0), min_size("Emphysema", c.grid.max_spacing, ctx.lesion_min_vox))
+        r = max(rng.uniform(4.0, 15.0), ctx.min_size("Emphysema"))
         p = c.grid.index_to_mm(np.array(idx))
         sl = c.grid.box(p - r, p + r)
         x, y, z = c.grid.coords(sl)
@@ -196,8 +199,7 @@ def pleural_effusion(ctx: ImageContext) -> Finding:
     """Fluid layering in the dependent band of one or both lower lobes (labelled as that lobe)."""
     c, rng = ctx.canvas, ctx.rng
     side = str(rng.choice(["left", "right", "bilateral"], p=[0.4, 0.35, 0.25]))
-    t = min(max(ctx.size("Pleural effusion"), min_size("Pleural effusion", c.grid.max_spacing, ctx.lesion_min_vox)),
-            EFFUSION_BAND_MM)
+    t = min(max(ctx.size("Pleural effusion"), ctx.min_size("Pleural effusion")), EFFUSION_BAND_MM)
     band = dependent_band(c, t)
     sides = ("left", "right") if side == "bilateral" else (side,)
     region = np.zeros_like(band)

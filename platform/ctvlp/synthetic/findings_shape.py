@@ -1,18 +1,19 @@
 """Shape findings: change the anatomy before it is painted (see ``lesions`` for the overview).
 
 Each planter takes a :class:`ShapeContext` and returns the :class:`~ctvlp.synthetic.lesions.Finding`
-it planted. Sizes are drawn from ``DISEASE_PARAMS`` and raised to the grid's visible minimum.
+it planted. Sizes are drawn from the preset's parameter table (``DISEASE_PARAMS`` unless the preset
+names another, ``lesions.PARAM_TABLES``) and raised to the grid's visible minimum.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ctvlp.synthetic.layout import Anatomy, Layer
-from ctvlp.synthetic.lesions import DISEASE_ANATOMY, DISEASE_PARAMS, Finding, min_size
+from ctvlp.synthetic.lesions import DISEASE_ANATOMY, DISEASE_PARAMS, DiseaseParams, Finding, min_size
 from ctvlp.synthetic.shapes import Ellipsoid, SmoothField, Tube
 
 
@@ -26,20 +27,24 @@ class ShapeContext:
     max_spacing: float
     min_radius: float
     lesion_min_vox: float
+    params: Mapping[str, DiseaseParams] = field(default_factory=lambda: DISEASE_PARAMS)
 
     def draw(self, disease: str) -> float:
-        lo, hi = DISEASE_PARAMS[disease].size_mm
+        lo, hi = self.params[disease].size_mm
         return float(self.rng.uniform(lo, hi))
+
+    def min_size(self, disease: str) -> float:
+        return min_size(disease, self.max_spacing, self.lesion_min_vox, self.params)
 
     def radius(self, disease: str) -> float:
         """Half the drawn diameter, at least the visible minimum radius."""
-        return max(0.5 * self.draw(disease), min_size(disease, self.max_spacing, self.lesion_min_vox))
+        return max(0.5 * self.draw(disease), self.min_size(disease))
 
     def thickness(self, disease: str) -> float:
-        return max(self.draw(disease), min_size(disease, self.max_spacing, self.lesion_min_vox))
+        return max(self.draw(disease), self.min_size(disease))
 
     def hu(self, disease: str) -> float:
-        lo, hi = DISEASE_PARAMS[disease].hu
+        lo, hi = self.params[disease].hu
         return float(self.rng.uniform(lo, hi))
 
     def finding(self, disease: str, **kw: object) -> Finding:

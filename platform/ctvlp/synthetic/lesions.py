@@ -20,7 +20,8 @@ resolution; the size in the report is the size planted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 from ctvlp.diseases import SYNTHETIC
 
@@ -71,6 +72,38 @@ DISEASE_PARAMS: dict[str, DiseaseParams] = {
     "Sacral sclerosis": DiseaseParams(0.04, (10.0, 40.0), (700.0, 1200.0), 0.75, "image"),
 }
 
+# The `compare` preset's table (ctvlp.synthetic.presets): every finding graded from subtle to
+# obvious in size and contrast, so that within one disease some cases sit below what a model of
+# the comparison's size learns in its budget and some well above it, and the AUC lands between
+# chance and the ceiling instead of at either (bench/results/methods.md, "The comparison
+# preset"). Fields not named keep DISEASE_PARAMS' values; prevalence comes from the preset.
+_GRADED: dict[str, dict] = {
+    "Lung nodule": dict(size_mm=(6.0, 60.0), min_vox=0.5),
+    "Emphysema": dict(size_mm=(0.02, 0.3)),
+    "Pleural effusion": dict(size_mm=(5.0, 45.0), min_vox=0.5),
+    "Consolidation": dict(size_mm=(0.2, 0.9)),
+    "Cardiomegaly": dict(size_mm=(1.1, 1.65)),
+    "Pericardial effusion": dict(size_mm=(2.0, 20.0), min_vox=0.3),
+    "Hiatal hernia": dict(size_mm=(10.0, 70.0), min_vox=0.5),
+    "Arterial wall calcification": dict(size_mm=(1.0, 6.0), hu=(200.0, 1100.0), min_vox=0.3),
+    "Liver cyst": dict(size_mm=(12.0, 80.0), min_vox=0.5),
+    "Fatty liver": dict(hu=(5.0, 45.0)),
+    "Splenomegaly": dict(size_mm=(1.0, 1.7)),
+    "Kidney stone": dict(size_mm=(1.0, 10.0), hu=(150.0, 1200.0), min_vox=0.3),
+    "Kidney cyst": dict(size_mm=(12.0, 60.0), min_vox=0.5),
+    "Gallstone": dict(size_mm=(2.0, 15.0), hu=(60.0, 900.0), min_vox=0.3),
+    "Bladder stone": dict(size_mm=(3.0, 25.0), hu=(100.0, 1000.0), min_vox=0.3),
+    "Pancreatic atrophy": dict(size_mm=(0.55, 0.95), hu=(5.0, 35.0)),
+    "Adrenal nodule": dict(size_mm=(4.0, 40.0), min_vox=0.5),
+    "Colonic wall thickening": dict(size_mm=(3.0, 20.0), min_vox=0.5),
+    "Small bowel dilatation": dict(size_mm=(24.0, 50.0), min_vox=1.0),  # normal loops: 20-25 mm
+    "Portal vein thrombosis": dict(size_mm=(0.3, 1.0)),
+    "Gastric wall thickening": dict(size_mm=(3.0, 25.0), min_vox=0.5),
+    "Sacral sclerosis": dict(size_mm=(4.0, 40.0), hu=(250.0, 1200.0), min_vox=0.3),
+}
+GRADED_PARAMS: dict[str, DiseaseParams] = {d: replace(p, **_GRADED.get(d, {})) for d, p in DISEASE_PARAMS.items()}
+PARAM_TABLES: dict[str, dict[str, DiseaseParams]] = {"default": DISEASE_PARAMS, "graded": GRADED_PARAMS}
+
 # Owning anatomy of each disease, from the catalogue (single source of truth).
 DISEASE_ANATOMY: dict[str, str] = {d.name: d.anatomy for d in SYNTHETIC}
 
@@ -101,6 +134,7 @@ class Finding:
     details: dict = field(default_factory=dict)
 
 
-def min_size(disease: str, max_spacing: float, lesion_min_vox: float) -> float:
+def min_size(disease: str, max_spacing: float, lesion_min_vox: float,
+             params: Mapping[str, DiseaseParams] = DISEASE_PARAMS) -> float:
     """Smallest radius/thickness (mm) of ``disease`` that stays visible on this grid."""
-    return DISEASE_PARAMS[disease].min_vox * lesion_min_vox * max_spacing
+    return params[disease].min_vox * lesion_min_vox * max_spacing

@@ -3,11 +3,13 @@
 A preset fixes everything that decides how hard the corpus is, so a corpus is named by
 ``(preset, num_studies, seed)``. The field of view stays realistic (~340-440 mm in-plane, a
 chest-abdomen-pelvis scan of ~560-640 mm) at every size: small volumes coarsen the spacing
-instead of cropping the body. Three presets ship:
+instead of cropping the body. Four presets ship:
 
 - ``tiny``: ~32 x 32 x 40 voxels (11-14 mm in-plane, ~15 mm slices) for unit tests;
 - ``demo``: 64 x 64 x 64 voxels (5.3-6.9 mm, ~9.4 mm) for the end-to-end demo, balanced
   prevalence and at least 20 positives per disease in the test split;
+- ``compare``: the demo's grid with every finding graded from subtle to obvious
+  (``lesions.GRADED_PARAMS``), for the method comparison (``jobs/compare.py``);
 - ``realistic``: 512 x 512 x 280-320 voxels (0.66-0.86 mm, 1.75-2.3 mm) for benchmarks.
 
 Noise is the standard deviation of the added Gaussian noise in HU. Coarse voxels average many
@@ -42,6 +44,8 @@ class Preset:
             validation is written only with the three-way split layout.
         extra_study_probs: probabilities of a patient having 2, 3 studies (else 1).
         second_recon_prob: probability that a study has a second reconstruction (volume _2).
+        findings: the disease parameter table (``lesions.PARAM_TABLES``): "default", or
+            "graded" (every finding from subtle to obvious; the ``compare`` preset).
     """
 
     name: str
@@ -59,6 +63,7 @@ class Preset:
     valid_fraction: float = 0.1
     extra_study_probs: tuple[float, float] = (0.2, 0.05)
     second_recon_prob: float = 0.1
+    findings: str = "default"
 
     def __post_init__(self) -> None:
         if self.xy_size < 16 or self.z_size[0] < 16:
@@ -69,6 +74,8 @@ class Preset:
             raise ValueError(f"prevalence must be 'natural' or 'balanced', got {self.prevalence!r}")
         if not 0.0 < self.test_fraction < 1.0 or not 0.0 <= self.valid_fraction < 1.0:
             raise ValueError("test_fraction must be in (0, 1) and valid_fraction in [0, 1)")
+        if self.findings not in ("default", "graded"):
+            raise ValueError(f"findings must be 'default' or 'graded', got {self.findings!r}")
         if not 0.0 <= self.balanced_rate <= 1.0:
             raise ValueError(f"balanced_rate must be in [0, 1], got {self.balanced_rate}")
 
@@ -79,6 +86,14 @@ PRESETS: dict[str, Preset] = {
         name="demo", xy_size=64, z_size=(64, 64), noise_hu=(4.0, 8.0), lesion_min_vox=2.5,
         prevalence="balanced", balanced_rate=0.25, min_test_positives=20, test_fraction=0.35,
         extra_study_probs=(0.15, 0.0), second_recon_prob=0.0,
+    ),
+    # The method comparison (jobs/compare.py): the demo's grid and balance, findings graded from
+    # subtle to obvious (lesions.GRADED_PARAMS) and no size floor beyond each finding's own, so
+    # that few findings sit at the ceiling or at chance (bench/results/methods.md).
+    "compare": Preset(
+        name="compare", xy_size=64, z_size=(64, 64), noise_hu=(4.0, 8.0), lesion_min_vox=1.0,
+        prevalence="balanced", balanced_rate=0.25, min_test_positives=20, test_fraction=0.35,
+        extra_study_probs=(0.15, 0.0), second_recon_prob=0.0, findings="graded",
     ),
     "realistic": Preset(
         name="realistic", xy_size=512, z_size=(280, 320), noise_hu=(8.0, 16.0),

@@ -17,6 +17,7 @@ from pathlib import Path
 from ctvlp.config import JobSpec, is_phase_ref
 from ctvlp.tasks.asg import ASGTask
 from ctvlp.tasks.base import Task, total_loss
+from ctvlp.tasks.clip import GlobalAlignmentTask
 from ctvlp.tasks.medslip import MedSLIPTask
 from ctvlp.tasks.phase1 import DiseaseContrastiveTask
 from ctvlp.tasks.phase2 import AlignmentTask
@@ -66,9 +67,16 @@ def build_task(spec: JobSpec, phase: int, init: dict[str, str | Path] | None = N
 
 
 def task_class(spec: JobSpec, phase: int) -> type[Task]:
-    """The task class of ``phase`` under ``spec`` (phase 2: ``METHODS[methods.phase2_task]``)."""
+    """The task class of ``phase`` under ``spec``: phase 2 is ``METHODS[methods.phase2_task]``, or
+    CLIP's global alignment when ``model.alignment`` is "global", which has no anatomy embeddings
+    for phases 1, 3 and 4."""
     if phase not in TASKS:
         raise ValueError(f"phase must be one of {sorted(TASKS)}, got {phase!r}")
+    if spec.model.alignment == "global":
+        if phase != 2:
+            raise ValueError(f"model.alignment=global (CLIP) trains phase 2 only; phase {phase} needs "
+                             "per-anatomy embeddings (model.alignment=anatomy)")
+        return GlobalAlignmentTask
     if phase == 2:
         return METHODS[spec.methods.phase2_task]
     return TASKS[phase]

@@ -3,6 +3,8 @@
 The online vision model (encoder + anatomy pooling) embeds the batch; an EMA copy (momentum
 0.995) embeds a second, differently augmented view. Normal anatomies pull towards every normal
 momentum feature of the same anatomy, abnormal ones towards their own momentum view only.
+With ``model.visual_contrast: instance`` (VSEI, the instance-level row of Table 5) every
+anatomy pulls towards its own momentum view only (:mod:`ctvlp.losses.instance_contrastive`).
 
 The second view is made here, on the batch's device (random flips per sample and axis plus an
 intensity jitter), so that phase 1 reads the same shard batches as every other phase. Flips keep
@@ -15,6 +17,7 @@ import torch
 
 from ctvlp.config import JobSpec
 from ctvlp.losses.disease_contrastive import disease_contrastive_loss
+from ctvlp.losses.instance_contrastive import instance_contrastive_loss
 from ctvlp.models.momentum import MomentumEncoder
 from ctvlp.models.visd import build_vision_model
 from ctvlp.tasks.base import Losses, Metrics, Task
@@ -65,11 +68,13 @@ class DiseaseContrastiveTask(Task):
         q = self.module["vision"](image, mask)
         k = self.module["momentum"](view_image, view_mask)  # no autograd inside
         valid = q["intact"] & q["valid"] & k["valid"]  # [B, M]
-        loss = disease_contrastive_loss(q["embeds"], k["embeds"], valid, abnormal,
-                                        self.spec.model.disease_temperature,
-                                        positives=self.spec.model.disease_positives)
+        tau = self.spec.model.disease_temperature
         metrics = {"intact_pairs": float(valid.sum()),
                    "abnormal_frac": float((abnormal.bool() & valid).sum() / valid.sum().clamp_min(1))}
+        if self.spec.model.visual_contrast == "instance":  # VSEI: every sample its own class
+            return {"instance_loss": instance_contrastive_loss(q["embeds"], k["embeds"], valid, tau)}, metrics
+        loss = disease_contrastive_loss(q["embeds"], k["embeds"], valid, abnormal, tau,
+                                        positives=self.spec.model.disease_positives)
         return {"disease_loss": loss}, metrics
 
     def after_step(self) -> None:

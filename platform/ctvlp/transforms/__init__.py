@@ -1,5 +1,7 @@
 """Per-volume transforms: pure array functions (``array``), volume I/O (``io``), header repair
-(``header``), input checks (``validate``) and the row/batch wrappers ingest calls (``keyed``).
+(``header``), input checks (``validate``), one study's checks and transforms as ingest and the
+predictor run them (``study``), the bad-input reason codes (``reasons``) and row/batch wrappers
+(``keyed``).
 
 Arrays are ``[D, H, W] = (z, y, x)`` in RAS+ after :func:`to_canonical` (docs/DESIGN.md).
 """

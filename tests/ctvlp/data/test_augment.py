@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctvlp.data import intact_anatomies, random_crop, random_flip
+from ctvlp.data import intact_anatomies, intact_in_window, random_crop, random_flip, train_augment
+from ctvlp.transforms.array import anatomy_boxes
 
 
 def test_crop_same_window_for_image_and_mask():
@@ -37,3 +38,34 @@ def test_intact_excludes_face_touching_and_absent():
     mask[2:4, 2:4, 2:4] = 1  # inside
     mask[0, 3, 3] = 2  # touches a face
     assert intact_anatomies(mask, 3).tolist() == [True, False, False]
+
+
+def test_intact_from_boxes_equals_the_voxel_scan_on_random_windows():
+    """Anatomies inside, outside, crossing faces, split in two parts (one inside, one beyond a
+    face: its box crosses the face but no voxel lies on it), and absent."""
+    rng = np.random.default_rng(0)
+    mask = np.zeros((20, 24, 28), np.uint8)
+    mask[8:12, 9:14, 10:15] = 1
+    mask[2:18, 3:5, 4:24] = 2  # long and thin: cut by most windows
+    mask[9:11, 10:12, 2:4] = 3
+    mask[9:11, 10:12, 24:26] = 3  # anatomy 3: two parts far apart along W
+    boxes, _ = anatomy_boxes(mask, 5)  # anatomy 5 absent (all -1); 4 absent too
+    for _ in range(400):
+        size = [int(rng.integers(2, n + 1)) for n in mask.shape]
+        starts = [int(rng.integers(0, n - c + 1)) for n, c in zip(mask.shape, size)]
+        crop = mask[tuple(slice(s, s + c) for s, c in zip(starts, size))]
+        assert intact_in_window(crop, boxes, starts).tolist() == intact_anatomies(crop, 5).tolist()
+
+
+def test_train_augment_draws_as_crop_and_flip_do():
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    mask = np.zeros((10, 12, 14), np.uint8)
+    mask[3:6, 4:8, 5:9] = 1
+    image = np.arange(mask.size, dtype=np.uint8).reshape(mask.shape)
+    boxes, _ = anatomy_boxes(mask, 2)
+    sample = {"image": image, "mask": mask, "boxes": boxes, "abnormal": np.zeros(2, np.int64)}
+    for _ in range(20):
+        out = train_augment(sample, (6, 8, 9), 0.5, rng_a)
+        img, msk = random_flip(*random_crop(image, mask, (6, 8, 9), rng_b), 0.5, rng_b)
+        assert np.array_equal(out["image"], img) and np.array_equal(out["mask"], msk)
+        assert out["intact"].tolist() == intact_anatomies(np.ascontiguousarray(msk), 2).tolist()

@@ -29,3 +29,23 @@ def test_mismatched_shapes_fail():
     b["image"] = np.zeros((2, 3, 5), np.uint8)
     with pytest.raises(ValueError, match="crop shapes"):
         collate([a, b])
+
+
+def test_uint8_host_batch_becomes_the_contract_on_the_device():
+    from ctvlp.loop import to_device
+
+    rng = np.random.default_rng(0)
+    samples = [dict(_sample([[2, 3], [2, 5, 3]]), image=rng.integers(0, 256, (2, 3, 4), dtype=np.uint8),
+                    mask=rng.integers(0, 3, (2, 3, 4), dtype=np.uint8)) for _ in range(3)]
+    host = collate(samples, volumes="uint8")
+    assert host["image"].dtype == torch.uint8 and host["mask"].dtype == torch.uint8
+    contract = collate(samples)
+    on = to_device(host, torch.device("cpu"))
+    assert on["image"].dtype == torch.float32 and on["mask"].dtype == torch.int64
+    assert torch.equal(on["image"], contract["image"]) and torch.equal(on["mask"], contract["mask"])
+    # the same values as torch's own conversion (the golden runs were stored with it)
+    assert torch.equal(on["image"], host["image"].to(torch.float32).div_(255.0))
+    assert torch.equal(on["mask"], host["mask"].to(torch.int64))
+    assert torch.equal(on["text_ids"], contract["text_ids"])
+    with pytest.raises(ValueError, match="volumes"):
+        collate(samples, volumes="float16")

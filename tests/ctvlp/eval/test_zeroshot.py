@@ -179,3 +179,30 @@ def test_prompt_bank_needs_text_and_known_anatomy(spec, exports):
     vision_only = EvalModel(model.spec, {"vision": model.parts["vision"]}, phase=1)
     with pytest.raises(ValueError, match="text encoder"):
         PromptBank(vision_only, spec.eval.disease_list(spec.data))
+
+
+def test_clip_export_scores_each_window_as_a_whole_volume(spec, tmp_path):
+    """A CLIP export (model.alignment=global) rebuilds with one pooled 'anatomy' and one text query;
+    every anatomy of a window gets the window's volume embedding, and its prompts go through the
+    one query whatever the anatomy."""
+    from ctvlp.eval.embed import study_windows
+    from ctvlp.models.visd import volume_embedding
+
+    clip = load_spec("jobs/specs/debug.yaml", ["model.alignment=global"])
+    torch.manual_seed(0)
+    task = build_task(clip, 2, init={})
+    model = EvalModel.from_export(task.export(tmp_path / "clip"))
+    assert model.whole_volume and model.parts["vision"].num_anatomies == 1
+    assert model.parts["text"].num_queries == 1
+    samples = make_samples(len(model.anatomies))
+    emb = embed_studies(model, samples, clip.data.eval_window)
+    for i, sample in enumerate(samples):
+        for js, img, _ in study_windows(sample, clip.data.eval_window):
+            with torch.no_grad():
+                want = volume_embedding(model.parts["vision"], torch.from_numpy(img)[None, None])[0]
+            for j in js:
+                np.testing.assert_allclose(emb.embeds[i, j], want.numpy(), rtol=1e-4, atol=1e-5)
+    diseases = clip.eval.disease_list(clip.data)
+    res = zero_shot(model, samples, diseases, clip.data.eval_window)
+    heart = [k for k, d in enumerate(diseases) if d.anatomy == "heart"]
+    assert np.isfinite(res.scores[:, heart]).all()

@@ -29,7 +29,8 @@ def test_unreadable_reason(findings, impression, reason):
 
 def test_no_english_labelled_item_is_flagged():
     here = Path(__file__).parent / "labelled"
-    for name in ("dev.tsv", "heldout.tsv"):
+    for name in ("dev.tsv", "heldout.tsv", "independent_tune.tsv", "independent_heldout.tsv",
+                 "independent_heldout2.tsv"):
         for row in read_labelled(here / name):
             assert unreadable_reason(row["text"], None) is None, row["text"]
 

@@ -167,13 +167,6 @@ ISSUE21 = [
 ]
 
 
-@pytest.mark.parametrize("report,expected", ISSUE21)
-def test_issue21_cases(report, expected):
-    out = parse_report(report, None, list(CHEST))
-    for name in CHEST:
-        assert out[name][1] == expected.get(name, 0), (name, out[name])
-
-
 HEDGED = ["Possible small left pleural effusion.", "A small pleural effusion cannot be excluded.",
           "Findings suspicious for early interstitial lung disease.", "Questionable pleural effusion."]
 
@@ -198,9 +191,10 @@ def test_mentioned_anatomies_skip_other_sections():
 
 
 def test_labelled_sets():
-    """Dev set: abnormal recall and normal specificity >= 0.95 per anatomy. Held-out set: no
-    worse than the figures of its one look (bench/results/report_labels.json, "after"; below the
-    0.95 goal for heart and esophagus, see bench/results/report_labels.md)."""
+    """Dev and independent_tune sets: abnormal recall and normal specificity >= 0.95 per anatomy.
+    Held-out set: no worse than the figures of its one look (bench/results/report_labels.json,
+    "after"; below the 0.95 goal for heart and esophagus, see bench/results/report_labels.md).
+    independent_heldout is sealed: only bench/report_labels.py --heldout reads it."""
     import json
     from pathlib import Path
 
@@ -208,10 +202,148 @@ def test_labelled_sets():
 
     here = Path(__file__).parent / "labelled"
     parser = RuleReportParser(list(CHEST))
-    for anatomy, s in score(parser, read_labelled(here / "dev.tsv"), list(CHEST)).items():
-        assert s["recall"] >= 0.95 and s["specificity"] >= 0.95, (anatomy, s)
+    for name in ("dev.tsv", "independent_tune.tsv"):
+        for anatomy, s in score(parser, read_labelled(here / name), list(CHEST)).items():
+            assert s["recall"] >= 0.95 and s["specificity"] >= 0.95, (name, anatomy, s)
     stored = Path(__file__).parents[3] / "bench/results/report_labels.json"
     recorded = json.loads(stored.read_text())["after"]["heldout"]["per_anatomy"]
     for anatomy, s in score(parser, read_labelled(here / "heldout.tsv"), list(CHEST)).items():
         for key in ("recall", "specificity"):
             assert s[key] >= recorded[anatomy][key], (anatomy, key, s[key], recorded[anatomy][key])
+
+
+# Terse US-style reports and post-operative states, one group per rule (chest grouping;
+# anatomies not listed are 0). Hedged items are in HEDGED_US below, scored under every policy.
+US_STYLE = [
+    # abbreviations and shorthand
+    ("s/p CABG.", {"heart": 1}),
+    ("Heart: nl size. No pericardial effusion.", {"heart": 0}),
+    ("Heart size WNL.", {"heart": 0}),
+    ("Aorta: Normal caliber w/o dissection.", {"aorta": 0}),
+    ("RLL consolidation c/w pneumonia.", {"lung": 1}),
+    ("No PTX or pleural effusion.", {"lung": 0}),
+    ("Scattered GGOs.", {"lung": 1}),
+    ("Mild CAD.", {"heart": 1}),
+    ("Dense calcification of the LAD and RCA.", {"heart": 1}),
+    ("AAA measuring 4.2 cm.", {"aorta": 1}),
+    ("Eccentric thickening at the GEJ.", {"esophagus": 1}),
+    # post-operative states and devices
+    ("S/P AVR.", {"heart": 1}),
+    ("TAVR in place.", {"heart": 1}),
+    ("Post-CABG changes.", {"heart": 1}),
+    ("Status post TEVAR without endoleak.", {"aorta": 1}),
+    ("Endovascular stent graft in the descending thoracic aorta.", {"aorta": 1}),
+    ("Status post Ivor Lewis esophagectomy with gastric pull-through.", {"esophagus": 1}),
+    ("Post-esophagectomy changes.", {"esophagus": 1}),
+    ("Gastric conduit in the posterior mediastinum.", {"esophagus": 1}),
+    ("Nissen fundoplication.", {"esophagus": 1}),
+    ("s/p RUL lobectomy.", {"lung": 1}),
+    ("Wedge resection staple line in the left upper lobe.", {"lung": 1}),
+    ("Status post aortic valve replacement and ascending aortic graft.", {"heart": 1, "aorta": 1}),
+    ("Median sternotomy wires are intact.", {}),
+    ("Esophagogastric anastomosis in the right upper chest, unremarkable.", {"esophagus": 1}),
+    ("The gastric conduit is unremarkable.", {"esophagus": 1}),
+    ("s/p talc pleurodesis on the right.", {"lung": 1}),
+    ("s/p PCI with LAD stent.", {"heart": 1}),
+    ("No mediastinal LAD.", {}),  # LAD: lymphadenopathy here, not the coronary artery
+    ("AICD with leads in the RA and RV.", {"heart": 0}),
+    # measurements, limits and stated reference ranges
+    ("Ascending aorta 4.3 cm.", {"aorta": 1}),
+    ("Ascending aort diameter 47 mm.", {"aorta": 1}),
+    ("Asc aorta 36 mm (normal <40 mm).", {"aorta": 0}),
+    ("Asc aorta 43 mm (normal <40 mm).", {"aorta": 1}),
+    ("Ascending aorta is upper limits of normal in caliber at 4.0 cm.", {"aorta": 0}),
+    ("Aortic diameters: root 33 mm, ascending 35 mm, arch 28 mm, descending 24 mm; all within normal limits.",
+     {"aorta": 0}),
+    ("Infrarenal abdominal aorta measures 3.2 cm.", {"aorta": 1}),
+    ("Cardiothoracic ratio is 0.62.", {"heart": 1}),
+    ("Cardiothoracic ratio 0.45.", {"heart": 0}),
+    ("Pericardial thickness is 2 mm, normal.", {"heart": 0}),
+    ("Esophageal wall thickness measured 11 mm in the distal third.", {"esophagus": 1}),
+    ("Coronary calcium score 0.", {"heart": 0}),
+    ("Agatston score of 120.", {"heart": 1}),
+    # double negations
+    ("The lungs are not without emphysematous changes.", {"lung": 1}),
+    ("The aortic wall is not free of calcified plaques.", {"aorta": 1}),
+    ("The esophagus is not unremarkable: there is a sliding hiatal hernia.", {"esophagus": 1}),
+    ("Heart size is not abnormal.", {"heart": 0}),
+    ("Non-dilated thoracic aorta.", {"aorta": 0}),
+    ("The esophagus is non-distended.", {"esophagus": 0}),
+    # verdicts: closing, before their noun, qualified
+    ("Mediastinal main vascular structures, heart contour, size are normal.", {"heart": 0}),
+    ("Pleural effusion and pneumothorax were not detected, nor was there pericardial effusion.",
+     {"lung": 0, "heart": 0}),
+    ("Both lungs are normally aerated, and no mass, nodule or infiltration was detected.", {"lung": 0}),
+    ("Trace pericardial fluid, within physiologic limits.", {"heart": 0}),
+    ("Physiologic pericardial fluid.", {"heart": 0}),
+    ("Resolved RLL consolidation.", {"lung": 0}),
+    ("The pericardial effusion seen in the previous study is no longer observed.", {"heart": 0}),
+    ("Interval clearance of the right lower lobe opacity.", {"lung": 0}),
+    ("Heart size is normal for age.", {"heart": 0}),
+    ("The aorta is normal in diameter and enhancement.", {"aorta": 0}),
+    ("The esophagus is normally distended.", {"esophagus": 0}),
+    ("Thoracic esophagus calibration was normal.", {"esophagus": 0}),
+    ("Lungs, heart and mediastinum: normal.", {"lung": 0, "heart": 0}),
+    ("Nodule in the RUL, the lungs are otherwise clear.", {"lung": 1}),
+    ("Pneumonia is unlikely.", {"lung": 0}),
+    # which organ: effusions, lobes, blockers, multi-organ phrases
+    ("Small effusions bilaterally.", {"lung": 1}),
+    ("No pleural effusion, small pericardial effusion.", {"lung": 0, "heart": 1}),
+    ("Heart: enlarged with a small effusion.", {"heart": 1}),
+    ("A 1.5 cm hypodense nodule in the left thyroid lobe.", {}),
+    ("Thyroid nodule in the right lobe.", {}),
+    ("Pulmonary trunk is enlarged, suggesting pulmonary hypertension.", {}),
+    ("Ascending aortic aneurysm 5.1 cm; cardiothoracic surgery referral is recommended.", {"aorta": 1}),
+    ("Heavy aortic valve calcification, c/w aortic stenosis.", {"heart": 1}),
+    ("No acute cardiopulmonary process.", {"lung": 0, "heart": 0}),
+    ("Interstitial oedema with septal lines.", {"lung": 1}),
+    ("Bibasilar atelectasis.", {"lung": 1}),
+    ("Questionable small paraesophageal hernia.", {"esophagus": 1}),
+    # UK spellings
+    ("Small hiatus hernia.", {"esophagus": 1}),
+    ("Oesophagitis.", {"esophagus": 1}),
+    ("Haemopericardium.", {"heart": 1}),
+    ("Calcified atheroma of the aortic arch.", {"aorta": 1}),
+    # sectioned reports: labels lend to their line, inline headers, numbered impressions
+    ("AORTA: Normal caliber. Scattered calcified plaque.", {"aorta": 1}),
+    ("HEART: Normal size. Pacemaker leads in the right ventricle.", {"heart": 0}),
+    ("FINDINGS:\nLungs: Clear. No nodules.\nAORTA:\nNormal caliber.", {"lung": 0, "aorta": 0}),
+    ("INDICATION: r/o dissection. FINDINGS: No dissection. IMPRESSION: Normal aorta.", {"aorta": 0}),
+    ("CT ANGIOGRAPHY CHEST FOR AORTIC DISSECTION\nFINDINGS: Lungs clear.", {"lung": 0}),
+    ("IMPRESSION: 1) No pleural effusion 2) Cardiomegaly 3) Small hiatal hernia",
+     {"lung": 0, "heart": 1, "esophagus": 1}),
+    ("IMPRESSION:\n1. No acute pulmonary embolism.\n2. Ascending aortic aneurysm measuring 5.1 cm.", {"aorta": 1}),
+    ("CLINICAL HISTORY: 70M w/ hx of CAD s/p CABG.\nCOMPARISON: None.\nFINDINGS:\nHeart: Normal size.", {"heart": 0}),
+]
+
+
+@pytest.mark.parametrize("report,expected", ISSUE21 + US_STYLE)
+def test_issue21_cases(report, expected):
+    out = parse_report(report, None, list(CHEST))
+    for name in CHEST:
+        assert out[name][1] == expected.get(name, 0), (name, out[name])
+
+
+# Hedged findings, terse style: labelled by the policy (abnormal 1, unknown -1, normal 0).
+HEDGED_US = [
+    ("R/o pneumonia in the RLL.", "lung"),
+    ("?Small pneumothorax at the right apex.", "lung"),
+    ("Pneumonia cannot be entirely excluded.", "lung"),
+    ("Cannot rule out small pericardial effusion.", "heart"),
+    ("Findings suggest early pneumonia.", "lung"),
+    ("A subtle intimal flap in the descending aorta is questionable.", "aorta"),
+    ("Early pneumonia is suspected in the right lower lobe.", "lung"),
+    ("Possible esophageal wall thickening.", "esophagus"),
+]
+
+
+@pytest.mark.parametrize("policy,label", [("abnormal", 1), ("unknown", -1), ("normal", 0)])
+@pytest.mark.parametrize("report,anatomy", HEDGED_US)
+def test_us_style_hedges_follow_the_policy(report, anatomy, policy, label):
+    assert parse_report(report, None, list(CHEST), uncertainty=policy)[anatomy][1] == label
+
+
+def test_a_stated_finding_before_a_hedge_stays_abnormal_under_every_policy():
+    for policy in ("abnormal", "unknown", "normal"):
+        out = parse_report("Esophageal wall thickening, may reflect underdistention.", None, list(CHEST), policy)
+        assert out["esophagus"][1] == 1

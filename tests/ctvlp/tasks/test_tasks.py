@@ -143,3 +143,14 @@ def test_text_dedupe_matches_encoding_every_row(spec):
         for j in range(M):
             want = text(ids[i, j][None], am[i, j][None], torch.tensor([j]))[0] if select[i, j] else torch.zeros(got.shape[-1])
             assert torch.allclose(got[i, j], want, atol=1e-5), (i, j)
+
+
+def test_an_export_of_another_model_spec_is_refused_not_partly_loaded(spec, tmp_path):
+    """Fine-tuning from an export is strict: a model section that differs from the export's
+    (here the token width) stops the load naming the part and the keys, instead of training on
+    a half-loaded model (docs/finetune.md)."""
+    export = build_task(spec, 2, init={}).export(tmp_path / "p2")
+    other = spec.model_copy(deep=True)
+    other.model.token_dim = spec.model.token_dim * 2
+    with pytest.raises(ValueError, match=r"part 'vision' of export .* does not fit 'vision'.*shape mismatch"):
+        build_task(other, 2, init={"aligned_model": export})
