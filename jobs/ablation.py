@@ -41,7 +41,7 @@ DESCRIPTIONS = {"p2_only": "phase 2 (alignment) only", "p1_p2": "phase 1 + phase
                 "clip": "CLIP (global image-report alignment)", "fvlm": "fVLM's recipe (anatomy-wise, soft targets)",
                 "vsei": "instance-level phase 1 (VSEI) + phase 2",
                 "asg": "ASG (3D): IRA + ARSA on masks + IRL + ERL",
-                "medslip": "MeDSLIP (3D): dual-stream existence (no prompts)"}
+                "medslip": "MeDSLIP (3D): dual-stream existence scores"}
 
 
 def _merge(base: dict, over: dict) -> dict:
