@@ -2,7 +2,8 @@
 
 Rows are overlays in ``jobs/specs/ablation/``: ``p2_only`` (alignment alone), ``p1_p2`` (+ disease
 contrastive pre-training) and ``full`` (+ normality VQ-VAE and boosted fine-tuning); the baselines
-``clip``, ``fvlm`` and ``vsei`` live there too and are compared by ``jobs/compare.py``. Each overlay
+``clip``, ``fvlm``, ``vsei``, ``asg`` and ``medslip`` (other methods training phase 2,
+``methods.phase2_task``) live there too and are compared by ``jobs/compare.py``. Each overlay
 is merged over the run's ``--spec`` (+ overrides); the phases a row needs (the init references of
 its ``eval.model`` phase, transitively) are trained through ``jobs.pipeline.run_pipeline`` and its
 model is evaluated by ``jobs.evaluate.evaluate_model``. Rows keep the base spec's name, so they
@@ -38,7 +39,9 @@ ROWS = ("p2_only", "p1_p2", "full")  # paper Table 5 order; p1_p2 before full so
 DESCRIPTIONS = {"p2_only": "phase 2 (alignment) only", "p1_p2": "phase 1 + phase 2",
                 "full": "phases 1-4 (+ normality VQ-VAE, boosting)",
                 "clip": "CLIP (global image-report alignment)", "fvlm": "fVLM's recipe (anatomy-wise, soft targets)",
-                "vsei": "instance-level phase 1 (VSEI) + phase 2"}
+                "vsei": "instance-level phase 1 (VSEI) + phase 2",
+                "asg": "ASG (3D): IRA + ARSA on masks + IRL + ERL",
+                "medslip": "MeDSLIP (3D): dual-stream existence scores"}
 
 
 def _merge(base: dict, over: dict) -> dict:

@@ -88,7 +88,7 @@ class ZeroShotPredictor:
 
         from ctvlp.config import DiseaseSpec
         from ctvlp.eval.embed import EvalModel
-        from ctvlp.eval.zeroshot import PromptBank
+        from ctvlp.eval.zeroshot import scoring_bank
 
         torch.set_num_threads(max(1, num_threads))
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -97,7 +97,9 @@ class ZeroShotPredictor:
         self.model = EvalModel.from_export(fetch_export(model_uri, storage), device,
                                            bf16=resolve_bf16(bf16, device == "cuda"))
         self.diseases = [DiseaseSpec(**d) for d in diseases]
-        self.bank = PromptBank(self.model, self.diseases) if self.model.has_text else None
+        self.bank = scoring_bank(self.model, self.diseases)  # prompts, an existence classifier, or None
+        if getattr(self.bank, "unscored", None):
+            print(f"[evaluate] not in the model's finding book, not scored: {self.bank.unscored}", flush=True)
         self.roi, self.batch_size, self.k = tuple(roi), batch_size, activation_samples
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

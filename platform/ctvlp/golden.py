@@ -10,8 +10,9 @@ digest of the final weights; ``tests/golden/phaseN.json`` stores them and
 
 Batches go through the same sample path as shard rows (``ctvlp.data.train_augment`` then
 ``ctvlp.data.collate``) from phantom studies drawn with a seeded numpy generator: M = 4 boxes
-(chest grouping) of per-study intensity, a bright lesion in abnormal anatomies, and report
-texts tokenised by the spec's tokenizer. Phase 3 reads image batches through its frozen encoder
+(chest grouping) of per-study intensity, a bright lesion in abnormal anatomies, report texts
+tokenised by the spec's tokenizer, and the labels-table rows (``disease_labels``) that the
+methods' tasks read (:func:`phantom_disease_labels`). Phase 3 reads image batches through its frozen encoder
 (the spec default, ``phases.phase3_cached_tokens=false``).
 
 Updating the golden files is a decision, not a chore: run ``python -m ctvlp.golden --update``
@@ -139,8 +140,24 @@ def golden_batches(spec: Any, steps: int, batch_size: int, seed: int = SEED) -> 
                                                 spec.model.text.max_length, rng),
                                  spec.data.crop_size, spec.data.flip_prob, rng)
                    for i in range(batch_size)]
-        batches.append(collate(samples, pad_id=tokenizer.pad_token_id or 0))
+        batch = collate(samples, pad_id=tokenizer.pad_token_id or 0)
+        batch["disease_labels"] = phantom_disease_labels(spec, samples)
+        batches.append(batch)
     return batches
+
+
+def phantom_disease_labels(spec: Any, samples: Sequence[dict]) -> list[dict[str, int]]:
+    """The labels-table row of each phantom study, as Ray batches carry it (``disease_labels``):
+    each anatomy's first catalogue finding is present exactly when the anatomy is abnormal. Read
+    by the methods' tasks (``methods.phase2_task``); the phases' tasks ignore it, and it draws no
+    random number, so the stored curves do not move."""
+    from ctvlp.tasks.methods import finding_catalogue
+
+    first: dict[str, str] = {}
+    for d in finding_catalogue(spec):
+        first.setdefault(d.anatomy, d.name)
+    index = {name: spec.data.anatomies.index(anatomy) for anatomy, name in first.items()}
+    return [{name: int(s["abnormal"][j]) for name, j in index.items()} for s in samples]
 
 
 # ----------------------------------------------------------------------------------- digests

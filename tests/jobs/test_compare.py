@@ -47,6 +47,41 @@ def test_plan_seeds_epochs_and_shared_runs(base):
     assert by["clip-seed0"].spec.model.alignment == "global" and by["vsei-seed0"].spec.model.visual_contrast == "instance"
 
 
+def test_other_methods_plan_phase2_alone_with_their_task(base):
+    """``asg`` and ``medslip`` train phase 2 alone from a fresh encoder with their task, under
+    names of their own; ``p2_only`` keeps the name it has without them."""
+    from jobs.plan import resolve_phase, run_name
+
+    spec = load_spec("jobs/specs/debug.yaml", ["compare.budget_epochs=12",
+                                               "compare.methods=[p2_only,asg,medslip,full]"])
+    by = {r.label: r for r in compare.plan_runs(spec)}
+    assert [k for k in by if k.split("-")[0] in ("asg", "medslip")] == ["asg-seed0", "medslip-seed0"]
+    for row in ("asg", "medslip"):
+        run = by[f"{row}-seed0"]
+        assert run.phases == (2,) and run.spec.methods.phase2_task == row
+        assert run.spec.phase(2).init.vision_encoder is None and run.spec.phase(2).epochs == 3
+    name = lambda r: run_name(resolve_phase(by[r].spec, 2), 2)  # noqa: E731
+    assert len({name("p2_only-seed0"), name("asg-seed0"), name("medslip-seed0")}) == 3
+    alone = {r.label: r for r in compare.plan_runs(base)}
+    assert name("p2_only-seed0") == run_name(resolve_phase(alone["p2_only-seed0"].spec, 2), 2)
+
+
+def test_method_settings_name_only_the_runs_they_train():
+    """jobs/plan.py ``phase_fingerprint``: the ``methods`` section enters a run's name only where
+    another method trains phase 2, and then only its own subsection (plus the task and findings)."""
+    from jobs.plan import run_name
+
+    debug = lambda *o: load_spec("jobs/specs/debug.yaml", list(o))  # noqa: E731
+    plain, tweaked = debug(), debug("methods.medslip.num_negatives=3", "methods.asg.irl_weight=2")
+    for n in (1, 2, 3, 4):
+        assert run_name(plain, n) == run_name(tweaked, n), n  # alignment runs keep their names
+    asg = debug("methods.phase2_task=asg")
+    assert run_name(asg, 2) != run_name(plain, 2)
+    assert run_name(asg, 1) == run_name(plain, 1)  # phase 1 is not trained by a method
+    assert run_name(debug("methods.phase2_task=asg", "methods.medslip.num_negatives=3"), 2) == run_name(asg, 2)
+    assert run_name(debug("methods.phase2_task=asg", "methods.asg.irl_weight=2"), 2) != run_name(asg, 2)
+
+
 def test_unknown_rows_and_reference_fail(base):
     with pytest.raises(ValueError, match="not rows of"):
         compare.plan_runs(load_spec("jobs/specs/debug.yaml", ["compare.methods=[p2_only,nope]",
@@ -100,6 +135,10 @@ def test_dry_run_lists_every_row_and_seed(capsys):
     assert compare.main(["--spec", "jobs/specs/debug.yaml", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "full-seed2" in out and "reuses phases [1, 2]" in out and "CLIP" in out
+    assert compare.main(["--spec", "jobs/specs/debug.yaml", "--dry-run",
+                         "compare.methods=[p2_only,asg,medslip,full]"]) == 0
+    out = capsys.readouterr().out
+    assert "asg-seed0" in out and "ASG (3D)" in out and "medslip-seed0" in out and "MeDSLIP (3D)" in out
 
 
 # ------------------------------------------------------------------------------ slow: the command

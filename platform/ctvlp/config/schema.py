@@ -544,6 +544,66 @@ class TuneSpec(Strict):
     max_trial_retries: NonNegInt = 1
 
 
+# ------------------------------------------------------------------------------------ methods
+class DecoderSpec(Strict):
+    """A query decoder over image tokens (MedKLIP's, reused by ASG and MeDSLIP)."""
+
+    num_layers: PosInt = 4  # released 4
+    num_heads: PosInt = 4  # released 4; must divide model.token_dim
+    ffn_dim: PosInt = 1024  # released 1024
+    dropout: Prob = 0.1  # released 0.1
+
+
+class ASGSpec(Strict):
+    """ASG in 3D (ctvlp.tasks.asg), phase 2's task when methods.phase2_task = asg."""
+
+    # token level (1-4) of the region features and of the tag decoder's memory (ResNet-ASG: layer3)
+    token_level: Literal[1, 2, 3, 4] = 3
+    temperature: PosFloat = 0.07  # IRA and ARSA logits = similarity / tau, fixed as released
+    head_hidden: PosInt = 2048  # hidden width of the global and local projection heads (released)
+    decoder: DecoderSpec = DecoderSpec()  # the image-tag recognition (IRL) decoder
+    ira_weight: Annotated[float, Field(ge=0)] = 1.0  # released total: IRA + ARSA + 5 IRL + ERL
+    arsa_weight: Annotated[float, Field(ge=0)] = 1.0
+    irl_weight: Annotated[float, Field(ge=0)] = 5.0
+    erl_weight: Annotated[float, Field(ge=0)] = 1.0
+    erl_hard: Prob = 0.8  # ERL soft targets L1norm(erl_hard * I + (1 - erl_hard) * cos(tags))
+
+
+class MedSLIPSpec(Strict):
+    """MeDSLIP in 3D (ctvlp.tasks.medslip), phase 2's task when methods.phase2_task = medslip."""
+
+    # token level (1-4) the two streams read (the release truncates its ResNet-50 after layer3)
+    token_level: Literal[1, 2, 3, 4] = 3
+    # the pathology/anatomy gate: "none" = a plain Linear as released (no sigmoid), or "sigmoid"
+    gate_activation: Literal["none", "sigmoid"] = "none"
+    # decoder memory: every token of the crop ("all", released: no masks) or only tokens inside
+    # some anatomy's mask ("anatomy")
+    memory: Literal["all", "anatomy"] = "all"
+    decoder: DecoderSpec = DecoderSpec()  # each stream's decoder
+    num_negatives: PosInt = 7  # ProtoCL negatives per present query (released 7; fewer if fewer exist)
+    anatomy_prompt: str = "It is located at {anatomy}."  # anatomy book text (released prompt)
+
+    @field_validator("anatomy_prompt")
+    @classmethod
+    def _has_slot(cls, v):
+        if "{anatomy}" not in v:
+            raise ValueError(f"must contain '{{anatomy}}', got {v!r}")
+        return v
+
+
+class MethodsSpec(Strict):
+    """Other pre-training methods on the same shards and evaluation: the task that trains phase 2."""
+
+    # phase 2's task: "alignment" (ViSD-Boost eq. 1), "asg" or "medslip"; the run is named
+    # <name>-phase2-<task>-<hash> when it is not "alignment"
+    phase2_task: Literal["alignment", "asg", "medslip"] = "alignment"
+    # finding vocabulary of ASG's tags and MeDSLIP's pathology book: "auto" = the data preset's
+    # catalogue (ctvlp.diseases), filtered to the grouping's anatomies
+    findings: Literal["auto", "synthetic", "ctrate", "ctrate-table1"] = "auto"
+    asg: ASGSpec = ASGSpec()
+    medslip: MedSLIPSpec = MedSLIPSpec()
+
+
 class CompareSpec(Strict):
     """The method comparison (jobs/compare.py): which rows, how they share a budget, how many seeds.
 
@@ -576,7 +636,8 @@ class CompareSpec(Strict):
 
 # -------------------------------------------------------------------------------------- root
 class JobSpec(Strict):
-    """A whole job: data, model, the four phases, resources, storage, ingest, eval, tuning, comparison."""
+    """A whole job: data, model, the four phases, resources, storage, ingest, eval, tuning,
+    comparison, and the other methods that can train phase 2."""
 
     name: str = "ctvlp"
     seed: int = 0
@@ -589,6 +650,7 @@ class JobSpec(Strict):
     eval: EvalSpec = EvalSpec()
     tune: TuneSpec = TuneSpec()
     compare: CompareSpec = CompareSpec()
+    methods: MethodsSpec = MethodsSpec()
 
     @model_validator(mode="after")
     def _cross(self):
@@ -607,6 +669,17 @@ class JobSpec(Strict):
                     f"model.input_windows[{i}] {[lo, hi]} HU lies outside data.hu_window "
                     f"{list(stored)}: the stored images hold no intensity in it"
                 )
+        if self.methods.phase2_task != "alignment" and self.model.alignment == "global":
+            raise ValueError(f"methods.phase2_task={self.methods.phase2_task} trains on anatomy tokens; "
+                             "model.alignment=global (CLIP) has none: use model.alignment=anatomy")
+        if self.methods.phase2_task == "medslip" and self.phases.phase2.validate_zero_shot:
+            raise ValueError("phases.phase2.validate_zero_shot needs prompt scoring; MeDSLIP scores with its "
+                             "existence classifier and has no text side: set it to false")
+        for name in ("asg", "medslip"):
+            method = getattr(self.methods, name)
+            if self.model.token_dim % method.decoder.num_heads:
+                raise ValueError(f"methods.{name}.decoder.num_heads {method.decoder.num_heads} does not divide "
+                                 f"model.token_dim {self.model.token_dim}")
         for key in self.tune.space:
             if not _has_path(self.model_dump(), key):
                 raise ValueError(f"tune.space key {key!r} is not a spec field")

@@ -193,12 +193,18 @@ class EvalModel:
         # CLIP (model.alignment=global): one whole-volume embedding serves every anatomy of a window
         self.whole_volume = spec.model.alignment == "global"
         self.tokenizer = build_tokenizer(spec.model.text.name_or_path) if "text" in parts else None
+        self.method: str | None = None  # set for another method's export (_from_method_export)
+        # the finding names of an existence classifier (MeDSLIP): forward_windows then returns
+        # "scores" [B, F] in this order, and zero-shot reads them (ctvlp.eval.zeroshot.ExistenceBank)
+        self.finding_names: list[str] | None = None
 
     @classmethod
     def from_export(cls, export_dir: str | Path, device: str = "cpu", bf16: bool = False) -> EvalModel:
         """Rebuild the model parts of a local export directory from its embedded spec."""
         config = read_config(export_dir)
         spec = spec_from_dict(config["spec"])
+        if config.get("method"):  # another method's export (ASG, MeDSLIP): its task builds the parts
+            return cls._from_method_export(export_dir, config, spec, device, bf16)
         m, mspec = spec.data.num_anatomies, spec.model
         pooled = 1 if mspec.alignment == "global" else m  # CLIP pools the whole volume, one text query
         builders = {
@@ -215,6 +221,23 @@ class EvalModel:
             load_part(parts[name], name, export_dir)
         return cls(spec, parts, int(config.get("phase", 0)), device, bf16)
 
+    @classmethod
+    def _from_method_export(cls, export_dir: str | Path, config: dict, spec: Any, device: str,
+                            bf16: bool) -> EvalModel:
+        """Parts of a method's export rebuilt by its task (``ctvlp.tasks.method_parts``), loaded strictly."""
+        from ctvlp.tasks import method_parts
+
+        built = method_parts(spec, config["method"])
+        parts = {}
+        for name in config.get("parts", []):
+            if name not in built:
+                raise ValueError(f"export {export_dir} has part {name!r}; method {config['method']!r} has {sorted(built)}")
+            parts[name] = built[name]
+            load_part(parts[name], name, export_dir)
+        model = cls(spec, parts, int(config.get("phase", 0)), device, bf16)
+        model.method, model.finding_names = config["method"], config.get("findings")
+        return model
+
     def autocast(self):
         """The forward's precision region: bf16 autocast when ``self.bf16``, else a no-op."""
         return bf16_autocast(self.device, self.bf16)
@@ -228,9 +251,9 @@ class EvalModel:
         """Embed B windows, every anatomy of each (callers read the anatomies their window holds).
 
         Args: image [B, 1, D, H, W] float; mask [B, D, H, W] int64 (anatomy j = j + 1).
-        Returns: {"embeds": [B, M, E] unit norm, "valid": [B, M] bool} and, when boosted,
-            "orig4" [B, L4, C] (level-4 tokens), "boosted4" [B, M, L4, C] (after perception, per
-            anatomy) and "flags4" [B, M, L4] bool.
+        Returns: {"embeds": [B, M, E] unit norm, "valid": [B, M] bool}; "scores" [B, F] for an
+            existence classifier (``finding_names``); when boosted, "orig4" [B, L4, C] (level-4
+            tokens), "boosted4" [B, M, L4, C] (after perception, per anatomy) and "flags4" [B, M, L4] bool.
         """
         image, mask = image.to(self.device), mask.to(self.device)
         with self.autocast():
@@ -240,7 +263,10 @@ class EvalModel:
                 return {"embeds": emb[:, None, :] * present[..., None], "valid": present}
             if not self.boosted:
                 out = self.parts["vision"](image, mask)
-                return {"embeds": out["embeds"].float(), "valid": out["valid"]}
+                res = {"embeds": out["embeds"].float(), "valid": out["valid"]}
+                if "scores" in out:  # an existence classifier's P(present) per finding [B, F]
+                    res["scores"] = out["scores"].float()
+                return res
             out = boosted_forward(self.parts["vision"], self.parts["vqvae"], self.parts["perception"], image, mask)
         out["embeds"] = out["embeds"].float()
         return {k: out[k] for k in ("embeds", "valid", "orig4", "boosted4", "flags4")}
@@ -268,6 +294,8 @@ class StudyEmbeddings:
         present: [S, M] bool. abnormal: [S, M] report-parser labels (0/1) from the shard.
         act_orig, act_boost: [S, M, K] float32 sampled level-4 activations (NaN when absent or
             the model is not boosted). code_counts: [S, M, Q] int64 code usage (Q = 0 if not boosted).
+        finding_scores: [S, M, F] float32, an existence classifier's P(finding f present) on
+            anatomy j's window (NaN where absent; F = 0 without a classifier).
     """
 
     study_ids: list[str]
@@ -277,6 +305,7 @@ class StudyEmbeddings:
     act_orig: np.ndarray
     act_boost: np.ndarray
     code_counts: np.ndarray
+    finding_scores: np.ndarray | None = None
 
 
 def _sample_values(tokens: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -313,7 +342,8 @@ def embed_studies(model: EvalModel, samples: Sequence[dict], roi: Sequence[int],
     out = StudyEmbeddings([str(x["study_id"]) for x in samples], np.full((s, m, e), np.nan, np.float32),
                           present, np.stack([np.asarray(x["abnormal"]) for x in samples]) if s else np.zeros((0, m)),
                           np.full((s, m, activation_samples), np.nan, np.float32),
-                          np.full((s, m, activation_samples), np.nan, np.float32), np.zeros((s, m, q), np.int64))
+                          np.full((s, m, activation_samples), np.nan, np.float32), np.zeros((s, m, q), np.int64),
+                          np.full((s, m, len(model.finding_names or [])), np.nan, np.float32))
     rng = np.random.default_rng(seed)
     for windows in groups.values():
         for b0 in range(0, len(windows), batch_size):
@@ -332,15 +362,18 @@ def _embed_batch(model: EvalModel, chunk: list, out: StudyEmbeddings, rng: np.ra
     j_idx = torch.tensor([r[2] for r in rows], dtype=torch.long, device=dev)
     valid = res["valid"][b_idx, j_idx].cpu().numpy()
     emb = res["embeds"][b_idx, j_idx].float().cpu().numpy()  # [R, E]
+    scores = res["scores"].cpu().numpy() if "scores" in res else None  # [B, F] per window
     if model.boosted:
         orig4, flags4 = res["orig4"][b_idx], res["flags4"][b_idx, j_idx]  # [R, L4, C], [R, L4]
         codes = model.code_indices(orig4, flags4, j_idx).cpu().numpy()
         flags, orig = flags4.cpu().numpy(), orig4.float().cpu().numpy()
         boost = res["boosted4"][b_idx, j_idx].float().cpu().numpy()  # [R, L4, C]
-    for r, (_, i, j) in enumerate(rows):
+    for r, (b, i, j) in enumerate(rows):
         if not bool(valid[r]):
             raise RuntimeError(f"study {out.study_ids[i]}: anatomy {j} has no token in its own window")
         out.embeds[i, j] = emb[r]
+        if scores is not None:
+            out.finding_scores[i, j] = scores[b]
         if model.boosted:
             f = flags[r]
             k = out.act_orig.shape[-1]

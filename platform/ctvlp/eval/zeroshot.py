@@ -1,4 +1,5 @@
-"""Zero-shot diagnosis per anatomy with (negative, positive) prompt pairs (ViSD-Boost sec. 4.1).
+"""Zero-shot diagnosis per anatomy with (negative, positive) prompt pairs (ViSD-Boost sec. 4.1),
+or with an existence classifier's scores for exports that have one (MeDSLIP: :class:`ExistenceBank`).
 
 For a disease of anatomy j with prompt pairs ``(n_p, p_p)``, p = 1..P, and the anatomy window's
 embedding ``v`` (:mod:`ctvlp.eval.embed`)::
@@ -130,6 +131,51 @@ class _LiveText:
         return bf16_autocast(self.device, self.bf16)
 
 
+class ExistenceBank:
+    """Zero-shot scores of a closed-vocabulary existence classifier (MeDSLIP's pathology stream).
+
+    Disease d of anatomy j scores, on each study, the classifier's P(present) of the finding named
+    d on anatomy j's evaluation window (``StudyEmbeddings.finding_scores``): the same windows,
+    studies, labels and metrics as prompt scoring, only the score differs (released MeDSLIP
+    ``test.py``: softmax of the existence logits, not an image-text similarity). A disease whose
+    name is not in the model's finding book cannot be scored: NaN, like a scan without its anatomy.
+
+    Args:
+        model: an :class:`EvalModel` with ``finding_names`` (an existence classifier's export).
+        diseases: objects with ``name`` and ``anatomy`` (``spec.eval.disease_list(spec.data)``).
+    """
+
+    def __init__(self, model: EvalModel, diseases: Sequence[Any]) -> None:
+        if not model.finding_names:
+            raise ValueError("existence scoring needs an export with a finding book (a MeDSLIP export)")
+        self.names = [d.name for d in diseases]
+        self.anatomy_index = {d.name: model.anatomies.index(d.anatomy) for d in diseases}
+        self.finding_index = {d.name: model.finding_names.index(d.name) for d in diseases
+                              if d.name in model.finding_names}
+        self.unscored = [n for n in self.names if n not in self.finding_index]
+
+    def score(self, emb: StudyEmbeddings) -> np.ndarray:
+        """Scores [S, D] (columns in ``self.names`` order); NaN where the anatomy is absent or the
+        finding is not in the book."""
+        out = np.full((emb.embeds.shape[0], len(self.names)), np.nan)
+        for k, name in enumerate(self.names):
+            if name in self.finding_index:
+                j = self.anatomy_index[name]
+                rows = np.flatnonzero(emb.present[:, j])
+                out[rows, k] = emb.finding_scores[rows, j, self.finding_index[name]]
+        return out
+
+
+def scoring_bank(model: EvalModel, diseases: Sequence[Any]) -> PromptBank | ExistenceBank | None:
+    """How an export scores diseases: prompts with a text part, else its existence classifier,
+    else None (a vision-only export: the linear probe is all it can do)."""
+    if model.has_text:
+        return PromptBank(model, diseases)
+    if getattr(model, "finding_names", None):
+        return ExistenceBank(model, diseases)
+    return None
+
+
 def macro_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Mean ROC AUC over the columns (diseases) with both classes among their finite cells;
     NaN when none has. scores, labels: [S, D] (NaN = not evaluated)."""
@@ -179,14 +225,19 @@ class ZeroShotResult:
 
 
 def zero_shot(model: EvalModel, samples: Sequence[dict], diseases: Sequence[Any], roi: Sequence[int],
-              batch_size: int = 8, activation_samples: int = 64, bank: PromptBank | None = None) -> ZeroShotResult:
+              batch_size: int = 8, activation_samples: int = 64,
+              bank: PromptBank | ExistenceBank | None = None) -> ZeroShotResult:
     """Score decoded samples (``ctvlp.data.decode_sample``) for every disease.
 
     Args:
         diseases: ``spec.eval.disease_list(spec.data)``; roi: ``spec.data.eval_window``.
-        batch_size: windows per forward pass; bank: reuse prompt embeddings across calls.
+        batch_size: windows per forward pass; bank: reuse prompt embeddings across calls
+            (default :func:`scoring_bank`: prompts, or an existence classifier's scores).
     """
-    bank = bank or PromptBank(model, diseases)
+    bank = bank or scoring_bank(model, diseases)
+    if bank is None:
+        raise ValueError(f"the phase-{model.phase} export has only {sorted(model.parts)}: it has neither a text "
+                         "encoder nor an existence classifier to score with (use the linear probe)")
     emb = embed_studies(model, samples, roi, batch_size, activation_samples)
     labels = label_matrix([s.get("disease_labels") or {} for s in samples], bank.names)
     return ZeroShotResult(emb.study_ids, list(bank.names), {d.name: d.anatomy for d in diseases},

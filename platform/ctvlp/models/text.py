@@ -265,7 +265,7 @@ class TextEncoder(nn.Module):
                 states = self.backbone(input_ids=sub_ids, attention_mask=sub_mask).last_hidden_state
             for j, i in enumerate(missing):  # stored float32 whatever the autocast dtype (Precision)
                 fresh[keys[i]] = states[j, : lengths[i]].float()
-        hidden = ids.new_zeros((*ids.shape, self.hidden_size), dtype=self.proj.weight.dtype)
+        hidden = ids.new_zeros((*ids.shape, self.hidden_size), dtype=next(self.proj.parameters()).dtype)
         for i, key in enumerate(keys):
             state = fresh.get(key)
             if state is None:

@@ -160,3 +160,14 @@ def build_vision_model(model_spec: Any, num_anatomies: int, gradient_checkpointi
                        getattr(model_spec, "pool_dropout", 0.1), gradient_checkpointing,
                        stored_windows(hu_windows, hu_window) if hu_windows else (),
                        getattr(model_spec, "stem_kernel", 7))
+
+
+def build_token_encoder(model_spec: Any, gradient_checkpointing: bool = False,
+                        hu_window: tuple[float, float] | None = None
+                        ) -> tuple[WindowChannels | None, MultiScaleTokenEncoder]:
+    """The input windows (None without ``model.input_windows``) and the token encoder of a
+    :class:`VisionModel` built from ``spec.model``, without its anatomy pooling: for the methods
+    that read the level tokens themselves (ASG, MeDSLIP). The attribute names match
+    ``VisionModel.windows`` / ``.encoder``, so a ViSD export's encoder loads into them."""
+    model = build_vision_model(model_spec, 1, gradient_checkpointing, hu_window)
+    return model.windows, model.encoder
