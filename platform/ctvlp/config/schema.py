@@ -594,8 +594,8 @@ class MedSLIPSpec(Strict):
 class MethodsSpec(Strict):
     """Other pre-training methods on the same shards and evaluation: the task that trains phase 2."""
 
-    # phase 2's task: "alignment" (ViSD-Boost eq. 1), "asg" or "medslip"; the run is named
-    # <name>-phase2-<task>-<hash> when it is not "alignment"
+    # phase 2's task: "alignment" (ViSD-Boost eq. 1), "asg" or "medslip"; the run keeps the name
+    # <name>-phase2-<hash>, and when it is not "alignment" the hash covers only that method's settings
     phase2_task: Literal["alignment", "asg", "medslip"] = "alignment"
     # finding vocabulary of ASG's tags and MeDSLIP's pathology book: "auto" = the data preset's
     # catalogue (ctvlp.diseases), filtered to the grouping's anatomies

@@ -21,7 +21,7 @@ Where 3D departs from the release: a region is an anatomy's segmentation mask on
 box through ``roi_align`` (2D only); the sentences of anatomy j are those our report parser
 assigns to it (the release's alignment rules were never published). Organ identity alone can
 solve this objective (disjoint masks, sentences that name their organ): see
-``bench/arsa_shortcut.py``.
+``bench/asg_shortcut.py``.
 """
 
 from __future__ import annotations

@@ -30,10 +30,14 @@ import torch
 
 from ctvlp.data import collate
 from ctvlp.models.text import tokenize_texts
+from ctvlp.reports import parse_report
+from ctvlp.synthetic.lesions import Finding
+from ctvlp.synthetic.reports import write_report
 
 ANATOMIES = ("lung", "heart", "esophagus", "aorta")
 FINDINGS = ("Lung nodule", "Cardiomegaly", "Hiatal hernia", "Arterial wall calcification")
 BOXES = ((4, 14, 4, 14), (4, 14, 18, 28), (18, 28, 4, 14), (18, 28, 18, 28))  # (h0, h1, w0, w1)
+LOCATIONS = (("right upper lobe", "left lower lobe"), (), (), ("ascending", "descending"))  # Finding.location
 SLICES = (6, 26)
 SIZE = (32, 32, 32)
 
@@ -46,29 +50,58 @@ def _plant(image: np.ndarray, j: int, box: tuple[int, int, int, int], rng: np.ra
     image[SLICES[0]:SLICES[1], h0:h1, w0:w1] = looks[j] + rng.normal(0.0, 5.0, d.shape)
 
 
-def samples(n: int, seed: int, tokenizer, labelled: int = 2, max_length: int = 64) -> list[dict]:
-    """``n`` decoded studies drawn by ``seed``; the labels table holds the first ``labelled`` findings."""
-    rng = np.random.default_rng(seed)
+def _finding(j: int, rng: np.random.Generator) -> Finding:
+    """Organ j's finding with the details the corpus's report templates read (size, place, severity)."""
+    return Finding(FINDINGS[j], ANATOMIES[j], side=str(rng.choice(["left", "right"])),
+                   location=str(rng.choice(LOCATIONS[j])) if LOCATIONS[j] else None,
+                   size_mm=float(rng.integers(6, 25)), details={"severity": str(rng.choice(["mild", "moderate"]))})
+
+
+def report_texts(present: np.ndarray, rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+    """Per-anatomy texts and labels as ingest stores them for the synthetic corpus: the corpus's
+    report of the present findings (``ctvlp.synthetic.reports.write_report``) split by the rule
+    parser (``ctvlp.reports.parse_report``): "Cardiomegaly. Mild cardiomegaly is noted." or
+    "heart shows no significant abnormalities. Heart size is normal.". Findings are named only
+    where present, so "Not X." never occurs in them (unlike :func:`prompt_texts`)."""
+    findings = [_finding(j, rng) for j in range(len(ANATOMIES)) if present[j]]
+    parsed = parse_report(*write_report(findings, False, rng), ANATOMIES)
+    return [parsed[a][0] for a in ANATOMIES], np.asarray([parsed[a][1] for a in ANATOMIES], np.int64)
+
+
+def prompt_texts(present: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Per-anatomy texts that are the evaluation's prompt pair: "Lung nodule." / "Not lung nodule."."""
+    texts = [f"{f}." if p else f"Not {f.lower()}." for f, p in zip(FINDINGS, present)]
+    return texts, present.astype(np.int64)
+
+
+def samples(n: int, seed: int, tokenizer, labelled: int = 2, max_length: int = 64,
+            texts: str = "prompts") -> list[dict]:
+    """``n`` decoded studies drawn by ``seed``; the labels table holds the first ``labelled`` findings.
+    ``texts``: "prompts" (:func:`prompt_texts`) or "reports" (:func:`report_texts`, drawn from a
+    second generator so that the images are the same either way)."""
+    if texts not in ("prompts", "reports"):
+        raise ValueError(f"texts must be 'prompts' or 'reports', got {texts!r}")
+    rng, text_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     out = []
     for i in range(n):
         image = rng.normal(70.0, 5.0, SIZE)
         mask = np.zeros(SIZE, np.uint8)
         present = rng.integers(0, 2, len(ANATOMIES))
-        boxes, texts = [], []
+        boxes = []
         for j, (h0, h1, w0, w1) in enumerate(BOXES):
             mask[SLICES[0]:SLICES[1], h0:h1, w0:w1] = j + 1
             image[SLICES[0]:SLICES[1], h0:h1, w0:w1] += 30.0 + 90.0 * rng.random()
             if present[j]:
                 _plant(image, j, (h0, h1, w0, w1), rng)
             boxes.append([SLICES[0], SLICES[1], h0, h1, w0, w1])
-            texts.append(f"{FINDINGS[j]}." if present[j] else f"Not {FINDINGS[j].lower()}.")
+        study_texts, abnormal = report_texts(present, text_rng) if texts == "reports" else prompt_texts(present)
         out.append({
             "study_id": f"study_{seed}_{i}", "split": "train",
             "image": np.clip(image, 0, 255).astype(np.uint8), "mask": mask,
             "boxes": np.asarray(boxes, np.int32),
             "voxel_counts": np.asarray([(mask == j + 1).sum() for j in range(len(ANATOMIES))], np.int64),
-            "abnormal": present.astype(np.int64), "texts": texts,
-            "input_ids": [np.asarray(x, np.int64) for x in tokenize_texts(tokenizer, texts, max_length)],
+            "abnormal": abnormal, "texts": study_texts,
+            "input_ids": [np.asarray(x, np.int64) for x in tokenize_texts(tokenizer, study_texts, max_length)],
             "disease_labels": {name: int(p) for name, p in zip(FINDINGS[:labelled], present)},
         })
     return out
