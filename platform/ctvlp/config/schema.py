@@ -224,7 +224,8 @@ class ModelSpec(Strict):
     # Phase 2's alignment: "anatomy" = eq. 1 per anatomy (ViSD-Boost, fVLM); "global" = CLIP, one
     # whole-volume embedding against the whole report (Table 5's first row; phase 2 only)
     alignment: Literal["anatomy", "global"] = "anatomy"
-    report_max_length: PosInt = 512  # "global" alignment: token limit of a whole report (anatomy texts joined)
+    # token limit of a whole report (anatomy texts joined): "global" alignment (CLIP) and ASG's IRA/ERL
+    report_max_length: PosInt = 512
     disease_positives: Literal["sum", "mean"] = "sum"  # eq. 2 as printed, or SupCon's mean
     # Phase 1's visual contrast: "disease" = eq. 2 (VSED: normal anatomies one class); "instance" =
     # every sample its own class (VSEI, Table 5's instance-level row)

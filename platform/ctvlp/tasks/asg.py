@@ -69,8 +69,10 @@ class ASGTask(MethodTask):
         self.check_batch(batch)
         cfg = self.spec.methods.asg
         img = self.image_embeddings(batch)
+        # the whole report (IRA, ERL) is cut at the report limit as CLIP's is, not at the limit of
+        # one anatomy's text (64 tokens in compare.yaml would keep only the first organs)
         txt = self.module["text"].encode_reports(batch["text_ids"], batch["text_mask"], self.special,
-                                                 self.spec.model.text.max_length)
+                                                 self.spec.model.report_max_length)
         tau = self.module["text"].temperature()
         labels = self.labels(batch, img["valid"])  # [B, F], -1 = unknown or not in the crop
         tags = labels.clamp_min(0)  # ERL: unknown counts as absent, as released
