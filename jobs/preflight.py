@@ -130,8 +130,11 @@ def _shape_problems(spec: JobSpec, phases: tuple[int, ...]) -> list[Problem]:
 
 
 # ------------------------------------------------------------------------ init references
-def _export_problems(key: str, uri: str, fields: tuple[str, ...], storage: Storage) -> list[Problem]:
-    """``uri`` must be a ctvlp export (config.json + model.safetensors) holding the fields' parts."""
+def _export_problems(key: str, uri: str, fields: tuple[str, ...], storage: Storage,
+                     method_export_ok: bool = False) -> list[Problem]:
+    """``uri`` must be a ctvlp export (config.json + model.safetensors) holding the fields' parts;
+    with ``method_export_ok`` another method's export (ASG, MeDSLIP: ``config["method"]``) passes
+    with whatever parts it has, which its own task rebuilds (``EvalModel.from_export``)."""
     bad = check_uri(key, uri)
     if bad:
         return bad
@@ -144,6 +147,8 @@ def _export_problems(key: str, uri: str, fields: tuple[str, ...], storage: Stora
     except OSError as err:
         return [Problem(key, f"{uri} could not be read ({err})", "check the path, endpoint and credentials")]
     missing = [p for f in fields for p in INIT_EXPORT_PARTS.get(f, ()) if p not in config.get("parts", [])]
+    if method_export_ok and config.get("method"):
+        missing = []
     if missing or not has_weights:
         what = f"lacks parts {missing}" if missing else "has no model.safetensors"
         return [Problem(key, f"export {uri} {what} (it holds {config.get('parts')})",
@@ -172,7 +177,7 @@ def _eval_problems(spec: JobSpec) -> list[Problem]:
     if not ref:
         return [Problem("eval.model", "is unset", "eval.model=phase4 or an export URI")]
     uri = export_uri(resolve_phase(spec, int(ref[-1])), int(ref[-1])) if is_phase_ref(ref) else ref
-    return _export_problems("eval.model", uri, ("aligned_model",), storage_from_spec(spec))
+    return _export_problems("eval.model", uri, ("aligned_model",), storage_from_spec(spec), method_export_ok=True)
 
 
 # ------------------------------------------------------------------------------- models

@@ -213,3 +213,19 @@ if __name__ == "__main__":
     sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[2] / "platform")]
     with tempfile.TemporaryDirectory() as d:
         print(markdown_table(Path(d)))
+
+
+def test_evaluation_takes_another_methods_export_but_not_a_vision_only_phase(tmp_path):
+    """A MeDSLIP export holds no text part (its existence head scores), and its task rebuilds
+    what it holds; a phase-1 export (vision only, no method) still cannot be scored zero-shot."""
+    from ctvlp.config import load_spec
+    from jobs.preflight import check_spec
+
+    method = tmp_path / "medslip"
+    _export(method, ["vision"])
+    (method / "config.json").write_text(json.dumps({"parts": ["vision"], "method": "medslip"}))
+    phase1 = _export(tmp_path / "phase1", ["vision"])
+    base = [*DEBUG, f"storage.root={tmp_path}", f"data.shards_uri={tmp_path}/s"]
+    assert check_spec(load_spec(None, [*base, f"eval.model={method}"]), evaluate=True) == []
+    problems = check_spec(load_spec(None, [*base, f"eval.model={phase1}"]), evaluate=True)
+    assert [p.key for p in problems] == ["eval.model"] and "lacks parts ['text']" in problems[0].message
