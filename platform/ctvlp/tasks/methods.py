@@ -48,15 +48,10 @@ def finding_catalogue(spec: JobSpec) -> list[Disease]:
 def finding_labels(disease_labels: Sequence[Mapping[str, Any]], names: Sequence[str],
                    device: torch.device | str = "cpu") -> torch.Tensor:
     """``[B, F]`` int64 from each study's ``{name: 0/1}``: 1 / 0, or -1 where a name is missing."""
-    out = torch.full((len(disease_labels), len(names)), -1, dtype=torch.long)
-    for i, labels in enumerate(disease_labels):
-        for k, name in enumerate(names):
-            value = labels.get(name)
-            if value is not None:
-                if value not in (0, 1):
-                    raise ValueError(f"disease label {name!r} must be 0 or 1, got {value!r}")
-                out[i, k] = int(value)
-    return out.to(device)
+    from ctvlp.eval.zeroshot import label_matrix  # the evaluation's reading of the same dicts
+
+    labels = torch.from_numpy(label_matrix(disease_labels, names))  # [B, F] float64, NaN = missing
+    return torch.nan_to_num(labels, nan=-1.0).long().to(device)
 
 
 def visible_labels(labels: torch.Tensor, anatomy_index: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
