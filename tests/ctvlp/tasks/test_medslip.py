@@ -26,11 +26,13 @@ def test_learns_findings_from_its_reports(spec):
     assert auc >= 0.9, auc
 
 
-@pytest.mark.xfail(strict=False, reason="KNOWN GAP (issue 24): shuffled AUC is a coin flip of a feature's "
-                   "sign, bimodal per finding (1.0 or 0.0 seen); measured 0.67 (seed 0), 0.27 (seed 1), 0.23 (batch 48)")
 def test_shuffled_reports_teach_nothing(spec):
-    auc, _ = train_and_score(spec, shuffle=True)
-    assert auc <= 0.6, auc
+    """The mean over three training seeds: one run's AUC on shuffled reports is a coin flip of a
+    feature's sign (per finding 1.0 or 0.0 was seen: the image side still reacts to the findings,
+    but the existence head cannot learn which way round): seeds 0 / 1 / 2 gave 0.673 / 0.267 /
+    0.565 (mean 0.502); its expectation, which a label leak would raise, must stay <= 0.6."""
+    aucs = [train_and_score(spec, shuffle=True, seed=seed)[0] for seed in range(3)]
+    assert sum(aucs) / len(aucs) <= 0.6, aucs
 
 
 def test_targets_follow_the_tables_and_the_crop(spec):
