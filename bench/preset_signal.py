@@ -37,14 +37,10 @@ STATS = {
 
 
 def auc(y: np.ndarray, x: np.ndarray) -> float:
-    """ROC AUC by ranks (ties count half); NaN without both classes."""
-    from scipy.stats import rankdata
+    """ROC AUC (scikit-learn's); NaN without both classes."""
+    from sklearn.metrics import roc_auc_score
 
-    pos, neg = int(y.sum()), int((1 - y).sum())
-    if not pos or not neg:
-        return float("nan")
-    r = rankdata(x)
-    return float((r[y == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
+    return float(roc_auc_score(y, x)) if 0 < y.sum() < len(y) else float("nan")
 
 
 def finding_signal(samples: list[dict], anatomies: list[str], finding_anatomy: dict[str, str]) -> dict:

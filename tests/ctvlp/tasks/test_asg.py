@@ -84,3 +84,18 @@ def test_bf16_training_tracks_float32():
         assert abs(a - b) <= 0.05 * abs(a), f"step {i}: float32 {a}, bf16 {b}"
     assert fp32.losses != bf16.losses
     assert set(fp32.steps[0]) >= {"ira_loss", "arsa_loss", "irl_loss", "erl_loss"}
+
+
+def test_the_whole_report_is_cut_at_the_report_limit_not_one_texts():
+    """IRA/ERL read the joined report up to ``model.report_max_length``: a short per-anatomy limit
+    (``model.text.max_length``) must not drop the later organs' sentences from ARSA."""
+    from ctvlp.models.text import build_tokenizer
+    from tests.ctvlp.tasks import findings_batch as fb
+
+    batch = fb.training_batch(fb.samples(4, 0, build_tokenizer("tiny")))
+    counts = []
+    for limit in (64, 8):  # 8 tokens would hold only the first anatomy's text
+        torch.manual_seed(0)
+        task = build_task(method_spec("asg", f"model.text.max_length={limit}"), 2)
+        counts.append(task.training_step(batch)[1]["arsa_anatomies"])
+    assert counts[0] == counts[1] > 4, counts
