@@ -110,7 +110,8 @@ def test_zero_shot_modes_score_what_they_say(tmp_path):
         with torch.no_grad():
             prompts = text(ids, ids_mask)
             report = TextEncoder.forward(text, ids, ids_mask, torch.zeros(2, dtype=torch.long))
-            arsa = text.encode_reports(ids[:, None], ids_mask[:, None], special_token_ids("tiny"), 64)["sentences"][:, 0]
+            arsa = text.encode_reports(ids[:, None], ids_mask[:, None], special_token_ids("tiny"), 64)
+        arsa = arsa["sentences"][:, 0]  # each prompt as the one sentence of a report, as ARSA embeds it
         if mode == "region":
             assert torch.equal(out["embeds"], F.normalize(ref["regions"], dim=-1) * valid)
             torch.testing.assert_close(prompts, arsa)
