@@ -27,6 +27,8 @@ from ingest.storage import is_s3, join
 from jobs.runner import PhasePlan
 
 PHASES = (1, 2, 3, 4)
+# method settings that only change how an export is scored, not what trains: left out of run names
+EVAL_ONLY = {"asg": ("zero_shot",)}
 
 
 def storage_root(spec: JobSpec) -> str:
@@ -46,7 +48,8 @@ def phase_fingerprint(spec: JobSpec, phase: int, length: int = 10) -> str:
         # another method trains phase 2: only its own settings decide the result; every other
         # run keeps its name whatever the (unused) method sections say
         task = methods["phase2_task"]
-        tree["methods"] = {"phase2_task": task, "findings": methods.get("findings"), task: methods.get(task)}
+        own = {k: v for k, v in (methods.get(task) or {}).items() if k not in EVAL_ONLY.get(task, ())}
+        tree["methods"] = {"phase2_task": task, "findings": methods.get("findings"), task: own}
     tree["resources"].pop("max_failures", None)  # retries do not change the result
     blob = json.dumps(tree, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:length]

@@ -80,6 +80,10 @@ def test_method_settings_name_only_the_runs_they_train():
     assert run_name(asg, 1) == run_name(plain, 1)  # phase 1 is not trained by a method
     assert run_name(debug("methods.phase2_task=asg", "methods.medslip.num_negatives=3"), 2) == run_name(asg, 2)
     assert run_name(debug("methods.phase2_task=asg", "methods.asg.irl_weight=2"), 2) != run_name(asg, 2)
+    # how an export is scored does not change what trains: an ASG run keeps its name, and its
+    # export is re-scored without retraining (jobs/plan.py EVAL_ONLY)
+    for mode in ("global", "region"):
+        assert run_name(debug("methods.phase2_task=asg", f"methods.asg.zero_shot={mode}"), 2) == run_name(asg, 2)
 
 
 def test_unknown_rows_and_reference_fail(base):

@@ -568,6 +568,12 @@ class ASGSpec(Strict):
     irl_weight: Annotated[float, Field(ge=0)] = 5.0
     erl_weight: Annotated[float, Field(ge=0)] = 1.0
     erl_hard: Prob = 0.8  # ERL soft targets L1norm(erl_hard * I + (1 - erl_hard) * cos(tags))
+    # how the evaluation scores anatomy j's window (evaluation only: not in the run's name; see
+    # docs/methods.md): "tags" = the IRL tag decoder's P(finding present), an existence classifier
+    # like MeDSLIP's (findings outside the tag book are not scored); "region" = anatomy j's region
+    # feature (ARSA's) against the prompt pair embedded as ARSA's sentences; "global" = the release:
+    # the window's global embedding against the prompts embedded as reports
+    zero_shot: Literal["tags", "region", "global"] = "tags"
 
 
 class MedSLIPSpec(Strict):
@@ -676,6 +682,11 @@ class JobSpec(Strict):
         if self.methods.phase2_task == "medslip" and self.phases.phase2.validate_zero_shot:
             raise ValueError("phases.phase2.validate_zero_shot needs prompt scoring; MeDSLIP scores with its "
                              "existence classifier and has no text side: set it to false")
+        if self.methods.phase2_task == "asg" and self.methods.asg.zero_shot == "tags" \
+                and self.phases.phase2.validate_zero_shot:
+            raise ValueError("phases.phase2.validate_zero_shot needs prompt scoring; methods.asg.zero_shot=tags "
+                             "scores with the tag classifier: set methods.asg.zero_shot to region or global, "
+                             "or the validation to false")
         for name in ("asg", "medslip"):
             method = getattr(self.methods, name)
             if self.model.token_dim % method.decoder.num_heads:

@@ -194,9 +194,12 @@ class EvalModel:
         self.whole_volume = spec.model.alignment == "global"
         self.tokenizer = build_tokenizer(spec.model.text.name_or_path) if "text" in parts else None
         self.method: str | None = None  # set for another method's export (_from_method_export)
-        # the finding names of an existence classifier (MeDSLIP): forward_windows then returns
-        # "scores" [B, F] in this order, and zero-shot reads them (ctvlp.eval.zeroshot.ExistenceBank)
+        # the finding names of an existence classifier (MeDSLIP; ASG with methods.asg.zero_shot
+        # "tags"): forward_windows then returns "scores" [B, F] in this order, and zero-shot reads
+        # them (ctvlp.eval.zeroshot.ExistenceBank)
         self.finding_names: list[str] | None = None
+        # another method's window forward (its task's ``window_outputs`` over these parts)
+        self.window_outputs: Any = None
 
     @classmethod
     def from_export(cls, export_dir: str | Path, device: str = "cpu", bf16: bool = False) -> EvalModel:
@@ -224,8 +227,11 @@ class EvalModel:
     @classmethod
     def _from_method_export(cls, export_dir: str | Path, config: dict, spec: Any, device: str,
                             bf16: bool) -> EvalModel:
-        """Parts of a method's export rebuilt by its task (``ctvlp.tasks.method_parts``), loaded strictly."""
-        from ctvlp.tasks import method_parts
+        """Parts of a method's export rebuilt by its task (``ctvlp.tasks.method_parts``), loaded
+        strictly; the task class says how its windows are read and whether it scores by existence."""
+        from functools import partial
+
+        from ctvlp.tasks import METHODS, method_parts
 
         built = method_parts(spec, config["method"])
         parts = {}
@@ -235,7 +241,9 @@ class EvalModel:
             parts[name] = built[name]
             load_part(parts[name], name, export_dir)
         model = cls(spec, parts, int(config.get("phase", 0)), device, bf16)
-        model.method, model.finding_names = config["method"], config.get("findings")
+        task = METHODS[config["method"]]
+        model.method, model.window_outputs = config["method"], partial(task.window_outputs, model.parts)
+        model.finding_names = config.get("findings") if task.scores_by_existence(spec) else None
         return model
 
     def autocast(self):
@@ -262,7 +270,7 @@ class EvalModel:
                 present = anatomy_presence(mask, len(self.anatomies))  # [B, M]
                 return {"embeds": emb[:, None, :] * present[..., None], "valid": present}
             if not self.boosted:
-                out = self.parts["vision"](image, mask)
+                out = (self.window_outputs or self.parts["vision"])(image, mask)
                 res = {"embeds": out["embeds"].float(), "valid": out["valid"]}
                 if "scores" in out:  # an existence classifier's P(present) per finding [B, F]
                     res["scores"] = out["scores"].float()

@@ -1,5 +1,6 @@
 """Zero-shot diagnosis per anatomy with (negative, positive) prompt pairs (ViSD-Boost sec. 4.1),
-or with an existence classifier's scores for exports that have one (MeDSLIP: :class:`ExistenceBank`).
+or with an existence classifier's scores for exports that score by one (MeDSLIP, ASG's tags:
+:class:`ExistenceBank`).
 
 For a disease of anatomy j with prompt pairs ``(n_p, p_p)``, p = 1..P, and the anatomy window's
 embedding ``v`` (:mod:`ctvlp.eval.embed`)::
@@ -132,7 +133,8 @@ class _LiveText:
 
 
 class ExistenceBank:
-    """Zero-shot scores of a closed-vocabulary existence classifier (MeDSLIP's pathology stream).
+    """Zero-shot scores of a closed-vocabulary existence classifier (MeDSLIP's pathology stream,
+    ASG's tag decoder).
 
     Disease d of anatomy j scores, on each study, the classifier's P(present) of the finding named
     d on anatomy j's evaluation window (``StudyEmbeddings.finding_scores``): the same windows,
@@ -147,7 +149,8 @@ class ExistenceBank:
 
     def __init__(self, model: EvalModel, diseases: Sequence[Any]) -> None:
         if not model.finding_names:
-            raise ValueError("existence scoring needs an export with a finding book (a MeDSLIP export)")
+            raise ValueError("existence scoring needs an export with a finding book (MeDSLIP, or ASG with "
+                             "methods.asg.zero_shot: tags)")
         self.names = [d.name for d in diseases]
         self.anatomy_index = {d.name: model.anatomies.index(d.anatomy) for d in diseases}
         self.finding_index = {d.name: model.finding_names.index(d.name) for d in diseases
@@ -167,12 +170,13 @@ class ExistenceBank:
 
 
 def scoring_bank(model: EvalModel, diseases: Sequence[Any]) -> PromptBank | ExistenceBank | None:
-    """How an export scores diseases: prompts with a text part, else its existence classifier,
-    else None (a vision-only export: the linear probe is all it can do)."""
-    if model.has_text:
-        return PromptBank(model, diseases)
+    """How an export scores diseases: its existence classifier when it scores by one (MeDSLIP; ASG
+    with ``methods.asg.zero_shot: tags``: ``model.finding_names`` is set), else prompts with a text
+    part, else None (a vision-only export: the linear probe is all it can do)."""
     if getattr(model, "finding_names", None):
         return ExistenceBank(model, diseases)
+    if model.has_text:
+        return PromptBank(model, diseases)
     return None
 
 

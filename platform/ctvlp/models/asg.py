@@ -22,9 +22,28 @@ BatchNorm(affine=False); with 3D batches of 2-6 crops per GPU, batch statistics 
 :class:`ProjectionHead` uses LayerNorm in both places (a deliberate departure). The released
 embedding width is 128; here it is ``model.embed_dim``, the space every method here shares.
 
-Zero-shot in the shared evaluation (ASG's own zero-shot is global image vs prompt): the window of
-anatomy j is embedded globally, so ``embeds[:, j]`` is the window's v for every anatomy the
-window holds, and prompts go through ``ASGText.forward`` ([CLS] -> head_g), the report path.
+Zero-shot in the shared evaluation (``methods.asg.zero_shot``; the evaluation scores anatomy j
+on anatomy j's window, :mod:`ctvlp.eval.embed`):
+
+* ``"global"`` (the release's zero-shot, ``ZERO_SHOT_MODES``): ``embeds[:, j]`` is the window's
+  global v for every anatomy the window holds, and the prompts go through ``ASGText.forward``
+  ([CLS] or query -> head_g), the report path: "Not X." / "X." embedded as reports.
+* ``"region"`` (a 3D adaptation): ``embeds[:, j]`` = normalise(r_j), anatomy j's mask-pooled region
+  feature, the one ARSA trains, and the prompts are embedded as ARSA embeds a sentence: the mean of
+  normalise(head_l(state)) over the prompt's body tokens (:meth:`ASGText.embed_sentences`).
+* ``"tags"`` (a 3D adaptation): the IRL tag decoder's sigmoid per finding on anatomy j's window,
+  P(finding present), an existence classifier: it enters the evaluation as MeDSLIP's existence
+  scores do (:func:`window_outputs` adds "scores" [B, F]; ``ctvlp.eval.zeroshot.ExistenceBank``).
+  ``embeds`` stay the global v (the linear probe's input, as with ``"global"``).
+
+Why ``"tags"`` is the default, and where it departs from the release: docs/methods.md ("ASG's
+zero-shot scoring"). In short: ASG trains one closed-vocabulary classifier of exactly the
+catalogue's findings (IRL, 5x the weight of every other loss), and a user scoring those findings
+expects that classifier's answer; the released prompt scoring compares one global embedding per
+scan with "X." / "Not X." embedded as whole reports, which in our per-anatomy evaluation can only
+rank a scan by how abnormal its whole report is (measured: 0.78 after 50 steps on the fixed batch,
+where the tags reach >= 0.9). Findings outside the tag book are not scored under ``"tags"`` (NaN,
+listed); ``"global"`` or ``"region"`` score any prompt pair.
 
 Shape legend: B batch, M anatomies, L tokens, C token dim, E embed dim, H text hidden, T tokens
 of a text, F findings.
@@ -42,8 +61,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctvlp.models.query_decoder import QueryDecoder, init_normal_
-from ctvlp.models.text import LearnableTemperature, TextEncoder
+from ctvlp.models.text import LearnableTemperature, TextEncoder, trim_padding
 from ctvlp.models.tokens import anatomy_token_flags, intact_anatomies
+
+
+ZERO_SHOT_MODES = ("global", "region", "tags")  # methods.asg.zero_shot; "global" is the release's
+
+
+def check_zero_shot(mode: str) -> None:
+    if mode not in ZERO_SHOT_MODES:
+        raise ValueError(f"ASG zero_shot must be one of {ZERO_SHOT_MODES}, got {mode!r}")
 
 
 class ProjectionHead(nn.Module):
@@ -77,13 +104,16 @@ class ASGVision(nn.Module):
         windows, encoder: from :func:`ctvlp.models.visd.build_token_encoder`.
         num_anatomies: M. token_level: the level (1..4) of the region features.
         embed_dim: E. head_hidden: width of the projection heads (2048 as released).
+        zero_shot: what ``embeds`` holds (module docstring): the global v ("global", "tags") or
+            anatomy j's normalised region feature ("region").
     """
 
     def __init__(self, windows: nn.Module | None, encoder: nn.Module, num_anatomies: int, token_level: int,
-                 embed_dim: int, head_hidden: int) -> None:
+                 embed_dim: int, head_hidden: int, zero_shot: str = "global") -> None:
         super().__init__()
+        check_zero_shot(zero_shot)
         self.windows, self.encoder = windows, encoder
-        self.num_anatomies, self.token_level = num_anatomies, token_level
+        self.num_anatomies, self.token_level, self.zero_shot = num_anatomies, token_level, zero_shot
         c = encoder.token_dim
         self.global_head = ProjectionHead(c, head_hidden, embed_dim)
         self.local_head = ProjectionHead(c, head_hidden, embed_dim)
@@ -96,7 +126,8 @@ class ASGVision(nn.Module):
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """image [B, 1, D, H, W], mask [B, D, H, W] -> {"global": [B, E] unit, "regions": [B, M, E],
         "tokens": [B, L, C] (level ``token_level``), "valid" / "intact": [B, M] bool,
-        "embeds": [B, M, E] (``global`` where valid, else 0: what the shared evaluation scores)}."""
+        "embeds": [B, M, E] (what the shared evaluation scores: ``global`` where valid, or with
+        ``zero_shot="region"`` the normalised ``regions``; 0 where not valid)}."""
         tokens = self.encode(image)
         flags = anatomy_token_flags(mask, self.num_anatomies)[self.token_level - 1]  # [B, M, L]
         local = tokens[self.token_level - 1]  # [B, L, C]
@@ -105,7 +136,8 @@ class ASGVision(nn.Module):
         w = flags.to(emb.dtype)
         regions = (w @ emb) / w.sum(-1, keepdim=True).clamp_min(1)  # [B, M, E], mean of unit vectors
         valid = flags.any(-1)
-        embeds = glob[:, None, :] * valid[..., None].to(glob.dtype)
+        chosen = F.normalize(regions, dim=-1) if self.zero_shot == "region" else glob[:, None, :]
+        embeds = chosen * valid[..., None].to(chosen.dtype)
         return {"global": glob, "regions": regions, "tokens": local, "valid": valid,
                 "intact": intact_anatomies(mask, self.num_anatomies), "embeds": embeds}
 
@@ -150,24 +182,39 @@ class ASGText(TextEncoder):
     Pooling follows ``model.text.pooling`` like every text encoder here: "cls" is the release's
     [CLS] state; "query" (the default) is one learnable query, which starts as the masked mean
     (zero-initialised) and, unlike [CLS], tells texts apart through a randomly initialised backbone.
-    ``forward(ids, mask)`` (inherited) embeds texts as reports: what IRA/ERL and zero-shot prompts use.
+    ``forward(ids, mask)`` embeds prompts for zero-shot scoring: as reports (IRA's embedding),
+    or with ``zero_shot="region"`` as ARSA's sentences (:meth:`embed_sentences`).
     """
 
     def __init__(self, backbone: nn.Module, embed_dim: int, head_hidden: int, temperature: float,
-                 pooling: str = "cls", num_heads: int = 4, dropout: float = 0.1) -> None:
+                 pooling: str = "cls", num_heads: int = 4, dropout: float = 0.1, zero_shot: str = "global") -> None:
         tau = LearnableTemperature(temperature, temperature, temperature, learnable=False)
         super().__init__(backbone, embed_dim, pooling=pooling, num_queries=1, num_heads=num_heads,
                          dropout=dropout, temperature=tau)
+        check_zero_shot(zero_shot)
+        self.zero_shot = zero_shot
         self.proj = ProjectionHead(self.hidden_size, head_hidden, embed_dim)
         self.local_proj = ProjectionHead(self.hidden_size, head_hidden, embed_dim)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, anatomy: torch.Tensor | None = None) -> torch.Tensor:
-        """Texts embedded as reports: ids/mask [N, T] (or [B, M, T]) -> [N, E] (or [B, M, E]).
-        ``anatomy`` is accepted for the prompt-scoring interface and ignored: a report has one query."""
+        """Prompts embedded for zero-shot scoring: ids/mask [N, T] (or [B, M, T]) -> [N, E] (or
+        [B, M, E]); as reports, or as ARSA's sentences with ``zero_shot="region"``. ``anatomy`` is
+        accepted for the prompt-scoring interface and ignored: a report has one query."""
         lead = ids.shape[:-1]
-        flat = ids.reshape(-1, ids.shape[-1])
+        flat, flat_mask = ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1])
+        if self.zero_shot == "region":
+            return self.embed_sentences(flat, flat_mask).reshape(*lead, -1)
         which = torch.zeros(flat.shape[0], dtype=torch.long, device=ids.device)
-        return super().forward(flat, mask.reshape(-1, mask.shape[-1]), which).reshape(*lead, -1)
+        return super().forward(flat, flat_mask, which).reshape(*lead, -1)
+
+    def embed_sentences(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Texts ``[CLS] body [SEP]`` (ids/mask [N, T]) embedded as ARSA embeds a sentence: the
+        mean over the body tokens of normalise(head_l(state)), not renormalised -> [N, E]."""
+        ids, mask = trim_padding(ids, mask)
+        words = F.normalize(self.local_proj(self._hidden(ids, mask)), dim=-1)  # [N, T, E]
+        pos = torch.arange(ids.shape[-1], device=ids.device)
+        body = ((pos >= 1) & (pos < mask.sum(-1, keepdim=True) - 1)).to(words.dtype)  # [N, T]
+        return (body[:, None, :] @ words).squeeze(1) / body.sum(-1, keepdim=True).clamp_min(1)
 
     def encode_reports(self, ids: torch.Tensor, mask: torch.Tensor, special: dict[str, int],
                        max_length: int) -> dict[str, torch.Tensor]:
@@ -182,6 +229,17 @@ class ASGText(TextEncoder):
         w = span.to(words.dtype)
         sentences = (w @ words) / w.sum(-1, keepdim=True).clamp_min(1)
         return {"report": report, "sentences": sentences, "has_text": span.any(-1)}
+
+
+def window_outputs(parts: Any, image: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the shared evaluation (and training's image side) reads of B windows: the vision part's
+    outputs (:meth:`ASGVision.forward`), plus with ``zero_shot="tags"`` "scores" [B, F] =
+    sigmoid of the tag decoder's logits on the window's tokens (P(finding present), float32).
+    ``parts``: a mapping with "vision" and "tags" (the task's module dict or an export's parts)."""
+    out = parts["vision"](image, mask)
+    if parts["vision"].zero_shot == "tags":
+        out["scores"] = torch.sigmoid(parts["tags"](out["tokens"]).float())
+    return out
 
 
 class TagDecoder(nn.Module):

@@ -2,14 +2,15 @@
 
 ``Predictor.from_export(uri)`` (a local folder, ``s3://`` or a hub name; ``from_pretrained`` is the
 same call) rebuilds the exported model (``ctvlp.eval.embed.EvalModel``, safetensors only), the
-spec's grid and input checks (``ctvlp.transforms.study.StudyConfig``) and the prompt bank of the
-diseases the evaluation scored (``ctvlp.eval.zeroshot.PromptBank``). ``predictor(scan, mask=None,
+spec's grid and input checks (``ctvlp.transforms.study.StudyConfig``) and the scoring of the
+diseases the evaluation scored (``ctvlp.eval.zeroshot.scoring_bank``: the prompt bank, or an
+existence classifier's scores for MeDSLIP and ASG's tags). ``predictor(scan, mask=None,
 report=None)`` then runs, per scan:
 
 1. ingest's reading, checks and transforms (:mod:`ctvlp.predict.scan`): a scan ingest would
    quarantine is refused with the same reason code (:class:`ScanRejected`);
 2. the evaluation's anatomy windows and embeddings (``ctvlp.eval.embed.embed_studies``) and its
-   prompt-pair scores (``PromptBank.score``);
+   scores (``PromptBank.score`` or ``ExistenceBank.score``);
 3. yes/no calls at the thresholds the evaluation job recorded in the export's ``evaluation.json``
    (``score > threshold``, as ``ctvlp.eval.metrics`` predicts).
 
@@ -94,7 +95,7 @@ class Predictor:
     """A trained export that scores scans from disk (see the module doc).
 
     Args:
-        model: an ``EvalModel`` with a text part (phase 2 or 4 export).
+        model: an ``EvalModel`` that scores diseases (a phase 2 or 4 export, or another method's).
         study: the grid and checks (``StudyConfig.from_spec(model.spec)``).
         diseases: objects with ``name``, ``anatomy``, ``prompts`` (the evaluation's).
         thresholds: disease -> threshold (None entries: no call).
@@ -105,10 +106,12 @@ class Predictor:
 
     def __init__(self, model: Any, study: Any, diseases: Sequence[Any], *, thresholds: dict | None = None,
                  segmenter: Segmenter | None = None, batch_size: int = 8, source: str = "") -> None:
-        from ctvlp.eval.zeroshot import PromptBank
+        from ctvlp.eval.zeroshot import PromptBank, scoring_bank
 
         self.model, self.study, self.source = model, study, source
-        self.bank = PromptBank(model, diseases)  # refuses an export without a text encoder
+        # scored as the evaluation scores: prompts, or an existence classifier (MeDSLIP, ASG's tags);
+        # PromptBank refuses a vision-only export with the reason
+        self.bank = scoring_bank(model, diseases) or PromptBank(model, diseases)
         self.anatomy_of = {d.name: d.anatomy for d in diseases}
         self.thresholds = {n: (thresholds or {}).get(n) for n in self.bank.names}
         self.roi = tuple(model.spec.data.eval_window)

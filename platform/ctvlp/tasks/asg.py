@@ -29,7 +29,7 @@ from ctvlp.losses.image_report_alignment import image_report_alignment_loss
 from ctvlp.losses.image_tag_recognition import image_tag_recognition_loss
 from ctvlp.losses.region_sentence_alignment import region_sentence_alignment_loss, region_sentence_logits
 from ctvlp.losses.soft_label_alignment import soft_label_alignment_loss
-from ctvlp.models.asg import ASGText, ASGVision, TagDecoder
+from ctvlp.models.asg import ASGText, ASGVision, TagDecoder, window_outputs
 from ctvlp.models.query_decoder import book_pooling, text_book
 from ctvlp.models.text import build_text_backbone, build_tokenizer
 from ctvlp.models.visd import build_token_encoder
@@ -47,9 +47,9 @@ class ASGTask(MethodTask):
         cfg, model = spec.methods.asg, spec.model
         windows, encoder = build_token_encoder(model, spec.resources.activation_checkpointing, spec.data.hu_window)
         self.module["vision"] = ASGVision(windows, encoder, self.num_anatomies, cfg.token_level,
-                                          model.embed_dim, cfg.head_hidden)
+                                          model.embed_dim, cfg.head_hidden, cfg.zero_shot)
         text = ASGText(build_text_backbone(model.text.name_or_path), model.embed_dim, cfg.head_hidden,
-                       cfg.temperature, model.text.pooling, model.pool_heads, model.pool_dropout)
+                       cfg.temperature, model.text.pooling, model.pool_heads, model.pool_dropout, cfg.zero_shot)
         text.freeze_layers(model.text.freeze_layers)
         text.enable_hidden_cache(model.text.cache_size)
         self.module["text"] = text
@@ -60,15 +60,25 @@ class ASGTask(MethodTask):
         self.module["tags"] = TagDecoder(book, model.token_dim, cfg.decoder)
         self.special = special_token_ids(model.text.name_or_path)
 
+    @staticmethod
+    def window_outputs(parts, image: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the evaluation reads (``methods.asg.zero_shot``): ``ctvlp.models.asg.window_outputs``."""
+        return window_outputs(parts, image, mask)
+
+    @classmethod
+    def scores_by_existence(cls, spec: JobSpec) -> bool:
+        return spec.methods.asg.zero_shot == "tags"
+
     def image_embeddings(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """{"embeds": [B, M, E] (the global embedding where the anatomy is present), "valid": [B, M]}:
-        what zero-shot validation compares with prompts embedded as reports."""
-        return self.module["vision"](batch["image"], batch["mask"])
+        """{"embeds": [B, M, E] (the global embedding, or the region features with zero_shot
+        "region", where the anatomy is present), "valid": [B, M], and "scores" [B, F] with
+        zero_shot "tags"}: what zero-shot scoring reads."""
+        return self.window_outputs(self.module, batch["image"], batch["mask"])
 
     def training_step(self, batch: dict) -> tuple[Losses, Metrics]:
         self.check_batch(batch)
         cfg = self.spec.methods.asg
-        img = self.image_embeddings(batch)
+        img = self.module["vision"](batch["image"], batch["mask"])
         # the whole report (IRA, ERL) is cut at the report limit as CLIP's is, not at the limit of
         # one anatomy's text (64 tokens in compare.yaml would keep only the first organs)
         txt = self.module["text"].encode_reports(batch["text_ids"], batch["text_mask"], self.special,

@@ -53,6 +53,10 @@ class MedSLIPTask(MethodTask):
         self.module["vision"] = MedSLIPModel(windows, encoder, self.num_anatomies, path_book, anat_book,
                                              cfg.token_level, cfg.gate_activation, cfg.memory, cfg.decoder)
 
+    @classmethod
+    def scores_by_existence(cls, spec: JobSpec) -> bool:
+        return True  # no text side: its pathology stream's existence classifier is its zero-shot
+
     def image_embeddings(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model's outputs: "embeds" [B, M, d], "valid" [B, M], "scores" [B, F] (existence), ..."""
         return self.module["vision"](batch["image"], batch["mask"])

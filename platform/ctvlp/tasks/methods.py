@@ -98,6 +98,19 @@ class MethodTask(Task):
         anatomies = spec.data.anatomies
         self.anatomy_index = torch.tensor([anatomies.index(d.anatomy) for d in self.findings])
 
+    @staticmethod
+    def window_outputs(parts: Mapping[str, Any], image: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the shared evaluation reads of B windows (image [B, 1, D, H, W], mask [B, D, H, W]),
+        given the task's parts (its module dict, or an export's parts): "embeds" [B, M, E], "valid"
+        [B, M], and "scores" [B, F] for an existence classifier. Default: the vision part's outputs."""
+        return parts["vision"](image, mask)
+
+    @classmethod
+    def scores_by_existence(cls, spec: JobSpec) -> bool:
+        """Whether zero-shot scores come from an existence classifier ("scores" of
+        :meth:`window_outputs`, ``ctvlp.eval.zeroshot.ExistenceBank``) rather than prompts."""
+        return False
+
     def labels(self, batch: dict[str, Any], visible: torch.Tensor) -> torch.Tensor:
         """Finding labels [B, F] of a batch: table values where the anatomy is ``visible``, else -1."""
         labels = finding_labels(batch["disease_labels"], self.finding_names, visible.device)

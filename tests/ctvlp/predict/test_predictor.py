@@ -200,6 +200,20 @@ def test_a_vision_only_export_is_refused_with_the_reason(case, tmp_path):
         Predictor.from_export(export, device="cpu")
 
 
+def test_an_asg_export_scores_as_the_evaluation_does(case, tmp_path):
+    """ASG's default zero-shot is its tag classifier: the predictor gives its P(present) per finding
+    (``scoring_bank``), not prompt scores of the global embedding."""
+    from ctvlp.config import load_spec
+    from ctvlp.eval.zeroshot import ExistenceBank
+    from ctvlp.tasks import build_task
+
+    spec = load_spec("jobs/specs/debug.yaml", ["methods.phase2_task=asg", "phases.phase2.init.vision_encoder=null"])
+    predictor = Predictor.from_export(build_task(spec, 2).export(tmp_path / "asg"), device="cpu")
+    assert isinstance(predictor.bank, ExistenceBank) and not predictor.bank.unscored
+    probs = predictor(*case.files(case.study_ids[0])).probabilities
+    assert probs and all(0.0 < p < 1.0 for p in probs.values() if np.isfinite(p))
+
+
 def test_bf16_autocast_tracks_float32(case, predictor):
     """The evaluation's precision contract on CPU: bf16 autocast forward, float32 weights and scores."""
     bf16 = Predictor.from_export(case.export, device="cpu", bf16=True)

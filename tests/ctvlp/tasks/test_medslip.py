@@ -18,7 +18,11 @@ def spec():
     return method_spec("medslip")
 
 
-@pytest.mark.xfail(strict=False, reason="KNOWN GAP (issue 24, unfinished): measured clean AUC 0.888 < 0.9")
+@pytest.mark.xfail(strict=False, reason="KNOWN GAP (issue 24): existence AUC after 50 steps 0.888 / 0.882 / 0.888 "
+                   "(seeds 0 / 1 / 2; seed 0 per finding 1.0 and 0.776) < 0.9; 1.0 / 1.0 after 100 steps. The "
+                   "existence loss sits at 2 ln 2 for ~30 steps (query decoders from uniform attention, one classifier "
+                   "shared by the queries) and then falls; no part lacks gradient, BN recalibration changes nothing, "
+                   "and no release departure found to blame (docs/methods.md, Known gaps)")
 def test_learns_findings_from_its_reports(spec):
     """Existence scores of the shared evaluation (the export's classifier on each anatomy's
     window) on the batch it trained on, macro over the two tabulated findings."""
