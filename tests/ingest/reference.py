@@ -2,7 +2,7 @@
 the current ones are compared with (``tests/ingest/test_process.py``) and measured beside
 (``bench/ingest.py``): window at native resolution -> canonical copy -> group -> resample the
 window (trilinear image, nearest mask) -> HU window -> crop + pad -> boxes; voxels copied out of
-the decompressed bytes by nibabel."""
+the decompressed bytes by nibabel; gzip inflated by ``igzip.decompress``."""
 
 from __future__ import annotations
 
@@ -91,8 +91,16 @@ def group_mask(raw_mask: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return np.take(lut, raw_mask)
 
 
+def _igzip(raw: bytes) -> bytes:
+    from isal.igzip import decompress
+
+    return decompress(raw)
+
+
 @contextlib.contextmanager
 def reference_path() -> Iterator[None]:
-    """Within the block, ``ingest.process`` reads and transforms as the reference does."""
-    with mock.patch.object(process, "transform", transform), mock.patch.object(io, "_voxels", _copied_voxels):
+    """Within the block, ``ingest.process`` reads and transforms as the reference does (gzip
+    through ``igzip.decompress``, as it was)."""
+    with mock.patch.object(process, "transform", transform), mock.patch.object(io, "_voxels", _copied_voxels), \
+            mock.patch.object(io, "_gunzip", _igzip):
         yield
