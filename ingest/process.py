@@ -44,7 +44,7 @@ class StageConfig(StudyConfig):
     """
 
     codec: str = "zstd"
-    codec_level: int = 3
+    codec_level: int = 1
     text_name_or_path: str = "tiny"
     max_length: int = 384
     storage: Storage = field(default_factory=Storage)

@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from ctvlp import anatomy
+from ctvlp.data.codec import encode_volume
 from ctvlp.transforms import array as T
 from ctvlp.transforms import io, validate
 from ingest import process
@@ -97,10 +98,14 @@ def _igzip(raw: bytes) -> bytes:
     return decompress(raw)
 
 
+def _encode_zstd3(volume: np.ndarray, codec: str = "zstd", level: int | None = 3) -> bytes:
+    return encode_volume(volume, codec, 3 if codec == "zstd" else level)
+
+
 @contextlib.contextmanager
 def reference_path() -> Iterator[None]:
-    """Within the block, ``ingest.process`` reads and transforms as the reference does (gzip
-    through ``igzip.decompress``, as it was)."""
+    """Within the block, ``ingest.process`` reads, transforms and encodes as the reference does
+    (gzip through ``igzip.decompress``; zstd at level 3, the default then)."""
     with mock.patch.object(process, "transform", transform), mock.patch.object(io, "_voxels", _copied_voxels), \
-            mock.patch.object(io, "_gunzip", _igzip):
+            mock.patch.object(io, "_gunzip", _igzip), mock.patch.object(process, "encode_volume", _encode_zstd3):
         yield

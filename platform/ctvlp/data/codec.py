@@ -3,7 +3,7 @@
 Volumes are stored as raw C-order uint8 ``[D, H, W]`` compressed with zstd (default) or lz4 from
 pyarrow's bundled C++ codecs (``pyarrow.Codec``): no extra dependency, the GIL is released while
 (de)compressing, and the decompressed size is known from the ``shape`` column so decompression
-writes into one exact-size buffer. Why zstd-3 and not lz4 / gzip / WebDataset tars: see
+writes into one exact-size buffer. Why zstd (level 1 by default) and not lz4 / gzip / WebDataset tars: see
 ``ingest/shards.py`` and ``bench/results/shard_format.md``.
 
 The row layout is the shard table of docs/DESIGN.md.
