@@ -5,8 +5,8 @@ Steps: header repair from a metadata row (CT-RATE) -> checks (finite, pixdim, sp
 size, CT range: :func:`check_image`) -> the supplied or segmented mask on the image grid
 (:func:`check_mask_on_grid`) -> :func:`transform`: crop to the anatomies at native resolution
 (with room for margin and min size) -> canonical RAS (D, H, W) views -> resample (nearest raw
-ids, then grouped; trilinear image) -> boxes / voxel counts -> final crop + margin -> HU window
-to uint8 -> pad to min size. Every failure raises with a reason code of
+ids, then grouped; trilinear image with the HU window to uint8 folded in) -> boxes / voxel
+counts -> final crop + margin -> pad to min size. Every failure raises with a reason code of
 :mod:`ctvlp.transforms.reasons` (a :class:`~ctvlp.transforms.validate.VolumeError` ``kind``).
 
 Shapes: stored volumes ``[X, Y, Z]`` with a ``[4, 4]`` voxel -> RAS mm affine; outputs ``[D, H, W]``.
