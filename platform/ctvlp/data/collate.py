@@ -50,6 +50,10 @@ class HostBuffers:
         self.per_shape, self.shapes = per_shape, shapes
         self._arrays: dict[tuple, list[np.ndarray]] = {}
         self._lock = threading.Lock()
+        # the count of an array that only a list holds, read the way empty() reads it (what the
+        # interpreter adds for the call itself differs between Python versions)
+        probe = [np.empty(0)]
+        self._free_refs = sys.getrefcount(probe[0])
 
     def empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
         """An uninitialised C-contiguous array (a recycled one when one is free)."""
@@ -57,7 +61,7 @@ class HostBuffers:
         with self._lock:
             arrays = self._arrays.setdefault(key, [])
             for i in range(len(arrays)):
-                if sys.getrefcount(arrays[i]) == 2:  # the list's reference + getrefcount's argument
+                if sys.getrefcount(arrays[i]) == self._free_refs:  # only the list holds it
                     return arrays[i]
             out = np.empty(key[0], dtype)
             if len(arrays) < self.per_shape:
