@@ -8,8 +8,8 @@ through exactly these steps): repair the header from the metadata row (CT-RATE),
 finite, geometry: spacing, obliquity, size; CT range), the mask on the image grid holding only
 class-map ids, then crop to the anatomies at native resolution (with room for margin and min
 size) -> canonical RAS (D, H, W) views -> resample (nearest raw ids, then grouped; trilinear
-image) -> boxes / voxel counts -> final crop + margin -> HU window to uint8 -> pad to min size
-(``study.transform`` says which copies this order saves) -> token ids -> compress.
+image with the HU window to uint8 folded in) -> boxes / voxel counts -> final crop + margin ->
+pad to min size (``study.transform`` says which copies this order saves) -> token ids -> compress.
 
 No Ray here: :mod:`ingest.pipeline` calls :func:`process_batch` from ``map_batches``; tests and
 ``bench/ingest.py`` call it directly.
@@ -44,7 +44,7 @@ class StageConfig(StudyConfig):
     """
 
     codec: str = "zstd"
-    codec_level: int = 3
+    codec_level: int = 1
     text_name_or_path: str = "tiny"
     max_length: int = 384
     storage: Storage = field(default_factory=Storage)

@@ -153,7 +153,8 @@ def collate_columns(batch: dict[str, np.ndarray]) -> dict:
     ``image``/``mask`` (``ctvlp.data.collate(volumes="uint8")``): ``ctvlp.loop.to_device``
     makes float32/int64 of them on the training device, not on this host's CPU."""
     n = len(batch["study_id"])
-    out = collate([{k: batch[k][i] for k in batch} for i in range(n)], volumes="uint8")
+    out = collate([{k: batch[k][i] for k in batch} for i in range(n)], volumes="uint8",
+                  stacked={k: batch[k] for k in ("image", "mask") if isinstance(batch.get(k), np.ndarray)})
     if "disease_labels" in batch:  # per-study dicts, read by validation's zero-shot AUC
         out["disease_labels"] = [json.loads(x) for x in batch["disease_labels"]]
     return out

@@ -2,7 +2,7 @@
 the current ones are compared with (``tests/ingest/test_process.py``) and measured beside
 (``bench/ingest.py``): window at native resolution -> canonical copy -> group -> resample the
 window (trilinear image, nearest mask) -> HU window -> crop + pad -> boxes; voxels copied out of
-the decompressed bytes by nibabel."""
+the decompressed bytes by nibabel; gzip inflated by ``igzip.decompress``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from ctvlp import anatomy
+from ctvlp.data.codec import encode_volume
 from ctvlp.transforms import array as T
 from ctvlp.transforms import io, validate
 from ingest import process
@@ -91,8 +92,20 @@ def group_mask(raw_mask: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return np.take(lut, raw_mask)
 
 
+def _igzip(raw: bytes) -> bytes:
+    from isal.igzip import decompress
+
+    return decompress(raw)
+
+
+def _encode_zstd3(volume: np.ndarray, codec: str = "zstd", level: int | None = 3) -> bytes:
+    return encode_volume(volume, codec, 3 if codec == "zstd" else level)
+
+
 @contextlib.contextmanager
 def reference_path() -> Iterator[None]:
-    """Within the block, ``ingest.process`` reads and transforms as the reference does."""
-    with mock.patch.object(process, "transform", transform), mock.patch.object(io, "_voxels", _copied_voxels):
+    """Within the block, ``ingest.process`` reads, transforms and encodes as the reference does
+    (gzip through ``igzip.decompress``; zstd at level 3, the default then)."""
+    with mock.patch.object(process, "transform", transform), mock.patch.object(io, "_voxels", _copied_voxels), \
+            mock.patch.object(io, "_gunzip", _igzip), mock.patch.object(process, "encode_volume", _encode_zstd3):
         yield

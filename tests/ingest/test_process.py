@@ -118,8 +118,10 @@ _AFFINES = {  # voxel -> RAS: as stored by different scanners and converters
 @pytest.mark.parametrize("orient", sorted(_AFFINES))
 @pytest.mark.parametrize("min_size", [(12, 20, 20), (40, 64, 64)])  # the second pads every axis
 def test_transform_equals_the_reference_resample_then_crop(orient, order, min_size):
-    """The current transform (grouping after nearest resampling, HU window on the crop only, one
-    box pass, the relevance-lookup window) gives the merge base's shards, voxel for voxel."""
+    """The current transform (grouping after nearest resampling, one box pass, the relevance-lookup
+    window, the separable trilinear pass with the HU window folded in) gives the merge base's
+    shards: masks, boxes and counts voxel for voxel, the image within 1 uint8 level (float
+    rounding at .5: measured at most 1.5e-4 of the voxels of these random phantoms)."""
     from ingest.process import transform
     from tests.ingest import reference
 
@@ -128,7 +130,8 @@ def test_transform_equals_the_reference_resample_then_crop(orient, order, min_si
         image, mask = _phantom(order, np.random.default_rng(seed))
         new, old = transform(image, _AFFINES[orient], mask, cfg), reference.transform(image, _AFFINES[orient], mask, cfg)
         assert new["image"].shape == old["image"].shape and new["image"].flags.c_contiguous
-        assert np.array_equal(new["image"], old["image"]) and np.array_equal(new["mask"], old["mask"])
+        diff = np.abs(new["image"].astype(int) - old["image"].astype(int))
+        assert diff.max() <= 1 and (diff == 0).mean() >= 0.999 and np.array_equal(new["mask"], old["mask"])
         assert np.array_equal(new["boxes"], old["boxes"]) and np.array_equal(new["counts"], old["counts"])
         assert new["spacing"] == old["spacing"]
 

@@ -9,6 +9,7 @@ anatomy ``j`` and 0 for background. Functions never modify their inputs.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import nibabel as nib
@@ -143,6 +144,76 @@ def resample(
     return out_t.numpy(), actual
 
 
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # F.interpolate's linear taps (align_corners=False, size given), in its float32 arithmetic:
+    # src = max(0, (o + 0.5) * n_in / n_out - 0.5); out o = (1 - w) * x[i0] + w * x[i1].
+    src = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * np.float32(n_in / n_out) - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
+    i0 = np.minimum(np.floor(src).astype(np.intp), n_in - 1)
+    return i0, np.minimum(i0 + 1, n_in - 1), np.clip(src - i0, 0.0, 1.0).astype(np.float32)
+
+
+def _outer_linear(src: np.ndarray, n_out: int, scale: np.float32) -> np.ndarray:
+    """``scale *`` linear resampling of axis 0 of ``src`` ``[N, A, B]`` (any real dtype, any
+    positive strides) to float32 ``[n_out, A, B]``: two planes read per output plane, converted
+    to float32 as they are multiplied (no float copy of the input)."""
+    i0, i1, w1 = _linear_taps(src.shape[0], n_out)
+    out = np.empty((n_out, *src.shape[1:]), np.float32)
+    tmp = np.empty(src.shape[1:], np.float32)
+    for k in range(n_out):
+        np.multiply(src[i0[k]], scale * (np.float32(1.0) - w1[k]), out=out[k])
+        if w1[k] > 0:
+            np.multiply(src[i1[k]], scale * w1[k], out=tmp)
+            out[k] += tmp
+    return out
+
+
+def resample_hu_to_uint8(
+    array_DHW: np.ndarray,
+    spacing_DHW: Sequence[float],
+    target_spacing_DHW: Sequence[float],
+    lo: float,
+    hi: float,
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """``hu_to_uint8(resample(x, spacing, target, "trilinear")[0], lo, hi)`` in separable passes,
+    without the float32 copy of the input (ingest's hot path; within 1 uint8 level of it).
+
+    Trilinear weights are a product of one linear weight per axis, so the resampling is done
+    axis by axis in the input's memory order: flipped axes are resampled unflipped (with
+    ``align_corners=False`` and edge clamping at both ends, resampling commutes with a flip),
+    the outermost axis blends whole planes read straight from the stored dtype
+    (:func:`_outer_linear`, with the window's scale folded in: interpolation commutes with an
+    affine map), the two inner axes go through ``F.interpolate(mode="bilinear")`` on the
+    contiguous float32 planes, then offset, clip to 0..255 and round. Measured on a 223 x 325 x
+    442 int16 window: 0.10 s instead of 0.25 s (float copy, trilinear, window) per volume.
+
+    Args:
+        array_DHW: ``[D, H, W]`` HU (any real dtype; a strided view such as :func:`canonical_view`'s).
+        spacing_DHW / target_spacing_DHW: mm, as :func:`resample`; lo, hi: the HU window.
+
+    Returns:
+        ``(uint8 [D', H', W'] (a flipped/transposed view of a new array), actual spacing)``, the
+        shape and spacing of :func:`resample`.
+    """
+    if not hi > lo:
+        raise ValueError(f"HU window needs lo < hi, got ({lo}, {hi})")
+    if array_DHW.ndim != 3:
+        raise ValueError(f"resample expects a [D, H, W] array, got shape {array_DHW.shape}")
+    out_shape = resampled_shape(array_DHW.shape, spacing_DHW, target_spacing_DHW)
+    actual = tuple(float(n * s / o) for n, s, o in zip(array_DHW.shape, spacing_DHW, out_shape, strict=True))
+    flips = tuple(ax for ax in range(3) if array_DHW.strides[ax] < 0)
+    src = np.flip(array_DHW, flips) if flips else array_DHW
+    order = sorted(range(3), key=lambda ax: -src.strides[ax])  # outermost memory axis first
+    src, size = src.transpose(order), [out_shape[ax] for ax in order]
+    scale = np.float32(255.0 / (hi - lo))
+    planes = torch.from_numpy(_outer_linear(src, size[0], scale))
+    if tuple(size[1:]) != tuple(planes.shape[1:]):
+        planes = F.interpolate(planes[:, None], size=tuple(size[1:]), mode="bilinear", align_corners=False)[:, 0]
+    planes.sub_(float(lo) * float(scale)).clamp_(0.0, 255.0).round_()
+    out = planes.to(torch.uint8).numpy().transpose(np.argsort(order))
+    return (np.flip(out, flips) if flips else out), actual
+
+
 def hu_window(array_hu: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Clip Hounsfield units to ``[lo, hi]`` and scale linearly to float32 ``[0, 1]``.
 
@@ -226,8 +297,10 @@ def anatomy_boxes(grouped_mask_DHW: np.ndarray, num_anatomies: int) -> tuple[np.
     if mask.size and int(mask.max()) > num_anatomies:
         raise ValueError(f"mask value {int(mask.max())} exceeds num_anatomies={num_anatomies}")
     flat = np.ascontiguousarray(mask).reshape(-1)
-    if mask.dtype == np.uint8 and flat.flags.writeable:  # torch counts uint8 as it is; numpy
-        counts = torch.bincount(torch.from_numpy(flat), minlength=num_anatomies + 1).numpy()  # widens to int64
+    if mask.dtype == np.uint8:  # torch counts uint8 as it is; numpy widens to int64 (3x the time)
+        with warnings.catch_warnings():  # a read-only array (Arrow's lookup output): only read here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            counts = torch.bincount(torch.from_numpy(flat), minlength=num_anatomies + 1).numpy()
     else:
         counts = np.bincount(flat, minlength=num_anatomies + 1)
     counts = counts[1 : num_anatomies + 1]

@@ -5,8 +5,8 @@ Steps: header repair from a metadata row (CT-RATE) -> checks (finite, pixdim, sp
 size, CT range: :func:`check_image`) -> the supplied or segmented mask on the image grid
 (:func:`check_mask_on_grid`) -> :func:`transform`: crop to the anatomies at native resolution
 (with room for margin and min size) -> canonical RAS (D, H, W) views -> resample (nearest raw
-ids, then grouped; trilinear image) -> boxes / voxel counts -> final crop + margin -> HU window
-to uint8 -> pad to min size. Every failure raises with a reason code of
+ids, then grouped; trilinear image with the HU window to uint8 folded in) -> boxes / voxel
+counts -> final crop + margin -> pad to min size. Every failure raises with a reason code of
 :mod:`ctvlp.transforms.reasons` (a :class:`~ctvlp.transforms.validate.VolumeError` ``kind``).
 
 Shapes: stored volumes ``[X, Y, Z]`` with a ``[4, 4]`` voxel -> RAS mm affine; outputs ``[D, H, W]``.
@@ -189,8 +189,9 @@ def transform(image_xyz, affine, mask_xyz, cfg: StudyConfig) -> dict[str, Any]:
     what the final crop keeps is windowed, and the mask is resampled before it is grouped:
     nearest resampling of the raw ids (views of the stored window: flips and transposes cost no
     copy) -> TotalSegmentator ids grouped on the output grid only -> boxes and counts -> the
-    crop (box + margin, min size) -> image: the window trilinearly resampled (the window's
-    canonical view converted to float32 in one pass) -> the crop -> HU window -> padding.
+    crop (box + margin, min size) -> image: the window trilinearly resampled with the HU window
+    folded in (:func:`~ctvlp.transforms.array.resample_hu_to_uint8`: separable passes from the
+    stored int16, no float32 copy of the window) -> the crop -> padding.
     """
     validate.check_spacing(T.voxel_sizes(affine))
     lut = _lut(json.dumps(cfg.grouping))
@@ -205,8 +206,9 @@ def transform(image_xyz, affine, mask_xyz, cfg: StudyConfig) -> dict[str, Any]:
     mask = T.group_mask(ids, lut)  # the LUT on the output grid: grouping commutes with nearest
     boxes, counts = T.anatomy_boxes(mask, len(cfg.grouping))
     crop, pads, offset = T.crop_window(T.union_box(boxes), mask.shape, cfg.crop_margin, cfg.min_size)
-    image, _ = T.resample(T.canonical_view(image_xyz[window], crop_affine)[0], spacing, cfg.spacing)
-    image = T.hu_to_uint8(image[crop], *cfg.hu_window)
+    image, _ = T.resample_hu_to_uint8(T.canonical_view(image_xyz[window], crop_affine)[0], spacing, cfg.spacing,
+                                      *cfg.hu_window)
+    image = image[crop]
     mask = mask[crop]
     if any(p != (0, 0) for p in pads):  # 0 = air after windowing, background in the mask
         image, mask = np.pad(image, pads), np.pad(mask, pads)

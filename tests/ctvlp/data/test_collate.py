@@ -49,3 +49,49 @@ def test_uint8_host_batch_becomes_the_contract_on_the_device():
     assert torch.equal(on["text_ids"], contract["text_ids"])
     with pytest.raises(ValueError, match="volumes"):
         collate(samples, volumes="float16")
+
+
+def test_host_buffers_are_reused_only_after_the_consumer_drops_every_view():
+    from ctvlp.data.collate import HostBuffers
+
+    pool = HostBuffers(per_shape=2)
+    a = torch.from_numpy(pool.empty((2, 3), np.int64))
+    first = a.data_ptr()
+    view = a[1:]
+    del a
+    b = torch.from_numpy(pool.empty((2, 3), np.int64))  # a's storage is alive through the view
+    assert b.data_ptr() != first
+    arr = view.numpy()  # a numpy view of the tensor keeps it too
+    del view
+    assert pool.empty((2, 3), np.int64).ctypes.data not in (first, b.data_ptr())  # pool full: fresh
+    del arr
+    assert pool.empty((2, 3), np.int64).ctypes.data == first  # every view dropped: recycled
+    assert pool.empty((2, 3), np.float32).dtype == np.float32  # per (shape, dtype)
+
+
+def test_collate_of_recycled_batches_keeps_every_held_batch_intact():
+    from ctvlp.data.collate import HOST_BUFFERS
+
+    HOST_BUFFERS.clear()
+    held = []
+    for fill in range(6):  # more batches than the pool keeps per shape, all held
+        samples = [dict(_sample([[2, 3], [2, 3]]), image=np.full((2, 3, 4), fill, np.uint8),
+                        mask=np.full((2, 3, 4), fill, np.uint8)) for _ in range(2)]
+        held.append(collate(samples))
+    for fill, batch in enumerate(held):
+        assert torch.equal(batch["mask"], torch.full((2, 2, 3, 4), fill, dtype=torch.int64))
+        assert torch.equal(batch["image"], torch.full((2, 1, 2, 3, 4), fill / 255, dtype=torch.float32))
+    ptr = held[0]["mask"].data_ptr()
+    del held
+    assert collate([_sample([[2, 3], [2, 3]])] * 2)["mask"].data_ptr() == ptr  # dropped: reused
+
+
+def test_stacked_columns_are_used_as_they_are():
+    samples = [_sample([[2, 3], [2, 3]]) for _ in range(2)]
+    image = np.stack([s["image"] for s in samples])
+    mask = np.stack([s["mask"] for s in samples])
+    batch = collate(samples, volumes="uint8", stacked={"image": image, "mask": mask})
+    assert batch["image"].data_ptr() == image.ctypes.data and batch["mask"].data_ptr() == mask.ctypes.data
+    assert torch.equal(batch["image"], collate(samples, volumes="uint8")["image"])
+    image.flags.writeable = False  # a read-only column (Ray's object store) is copied
+    assert collate(samples, volumes="uint8", stacked={"image": image})["image"].data_ptr() != image.ctypes.data

@@ -104,6 +104,28 @@ def test_to_uint8_and_fused_hu_to_uint8_agree():
         A.hu_window(hu, 10, 10)
 
 
+@pytest.mark.parametrize("affine", [c[0] for c in CANONICAL_CASES])
+@pytest.mark.parametrize(
+    "spacing,target",
+    [((2.0, 0.7, 0.8), (3.0, 1.0, 1.0)),  # downsampling, as ingest (1.97 x 0.81 mm -> 3 x 1 mm)
+     ((1.0, 1.0, 1.0), (0.4, 1.0, 2.5)),  # up, same, down
+     ((1.0, 1.0, 1.0), (1.0, 1.0, 1.0))],  # same grid
+)
+def test_separable_resample_to_uint8_matches_trilinear_then_window(affine, spacing, target):
+    # every orientation's view (flips, transposes, a window with gaps in its strides) and int16 input
+    vol = RNG.integers(-1500, 1500, size=(12, 14, 16)).astype(np.int16)
+    view = A.canonical_view(vol[1:11, 2:13, :15], affine)[0]
+    out, actual = A.resample_hu_to_uint8(view, spacing, target, -1150, 350)
+    ref_f, ref_actual = A.resample(view, spacing, target)
+    ref = A.hu_to_uint8(ref_f, -1150, 350)
+    assert out.dtype == np.uint8 and out.shape == ref.shape and actual == ref_actual
+    diff = np.abs(out.astype(int) - ref.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99  # float rounding at .5 only
+    assert view.base is not None and np.array_equal(view, A.canonical_view(vol[1:11, 2:13, :15], affine)[0])
+    with pytest.raises(ValueError, match="lo < hi"):
+        A.resample_hu_to_uint8(view, spacing, target, 10, 10)
+
+
 @pytest.mark.parametrize(
     "raw,slope,inter,dtype,expected",
     [

@@ -37,6 +37,16 @@ def test_read_nifti_already_gunzipped_bytes_of_a_nii_gz(tmp_path):
     np.testing.assert_array_equal(arr, HU)
 
 
+def test_read_nifti_of_a_multi_member_gzip_stream():
+    # gzip allows concatenated members (pigz, appended writes): every member is inflated
+    raw = gzip.decompress(io.nifti_bytes(HU, AFFINE))
+    arr, _, _ = io.read_nifti(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))
+    np.testing.assert_array_equal(arr, HU)
+    with pytest.raises(VolumeError) as err:  # the second member cut short
+        io.read_nifti(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:])[:-20])
+    assert err.value.kind == "truncated"
+
+
 @pytest.mark.parametrize(
     "slope,inter,dtype",
     [(1.0, -1024.0, np.int16), (0.5, 10.0, np.float32), (2.0, 0.0, np.int16)],
