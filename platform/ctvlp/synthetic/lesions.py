@@ -93,15 +93,15 @@ _GRADED: dict[str, dict] = {
     "Liver cyst": dict(size_mm=(40.0, 100.0), hu=(-10.0, 5.0), min_vox=0.5),
     "Fatty liver": dict(hu=(5.0, 45.0)),
     "Splenomegaly": dict(size_mm=(1.0, 1.7)),
-    "Kidney stone": dict(size_mm=(8.0, 20.0), hu=(700.0, 1300.0), min_vox=0.3),
-    "Kidney cyst": dict(size_mm=(35.0, 70.0), min_vox=0.5),
+    "Kidney stone": dict(size_mm=(10.0, 25.0), hu=(900.0, 1500.0), min_vox=0.3),
+    "Kidney cyst": dict(size_mm=(40.0, 80.0), min_vox=0.5),
     "Gallstone": dict(size_mm=(6.0, 20.0), hu=(150.0, 900.0), min_vox=0.3),
     "Bladder stone": dict(size_mm=(3.0, 25.0), hu=(100.0, 1000.0), min_vox=0.3),
     "Pancreatic atrophy": dict(size_mm=(0.55, 0.95), hu=(5.0, 35.0)),
     "Adrenal nodule": dict(size_mm=(10.0, 40.0), min_vox=0.5),
     "Colonic wall thickening": dict(size_mm=(10.0, 25.0), min_vox=0.5),
     "Small bowel dilatation": dict(size_mm=(24.0, 50.0), min_vox=1.0),  # normal loops: 20-25 mm
-    "Portal vein thrombosis": dict(size_mm=(0.7, 1.0)),
+    "Portal vein thrombosis": dict(size_mm=(0.8, 1.0), hu=(10.0, 40.0)),
     "Gastric wall thickening": dict(size_mm=(3.0, 25.0), min_vox=0.5),
     "Sacral sclerosis": dict(size_mm=(20.0, 50.0), hu=(800.0, 1300.0), min_vox=0.3),
 }
