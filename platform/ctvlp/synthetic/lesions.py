@@ -81,6 +81,13 @@ DISEASE_PARAMS: dict[str, DiseaseParams] = {
 # kidney cysts and portal vein thrombi stayed at chance for a supervised head too: at 64 voxels
 # the grid is 5-7 mm in-plane and ~9 mm between slices, so their lower ends (1-4 mm) were
 # sub-voxel; v2 starts those (and liver cysts, adrenal nodules, sacral sclerosis) near one voxel.
+# v3/v4 (2026-12-03): on v2, phase 2 alone at the comparison's budget left 11 findings below 0.55,
+# most of them image findings a voxel statistic separates (bench/results/preset_signal.md): small
+# foci are lost in the width-8 encoder's pooled tokens. v3 grades the lung findings, calcification,
+# liver and kidney cysts, kidney stones, colonic wall thickening, portal vein thrombi and sacral
+# sclerosis up (larger, denser); v4 raises kidney stones and cysts and the thrombus' contrast once
+# more. With the comparison budget at 16 epochs (88 phase-2 steps) v4 meets the target; at 8 (44
+# steps) no table tried did (compare_preset.md has every run).
 _GRADED: dict[str, dict] = {
     "Lung nodule": dict(size_mm=(15.0, 60.0), min_vox=0.5),
     "Emphysema": dict(size_mm=(0.1, 0.5)),
