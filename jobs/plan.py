@@ -51,6 +51,8 @@ def phase_fingerprint(spec: JobSpec, phase: int, length: int = 10) -> str:
         own = {k: v for k, v in (methods.get(task) or {}).items() if k not in EVAL_ONLY.get(task, ())}
         tree["methods"] = {"phase2_task": task, "findings": methods.get("findings"), task: own}
     tree["resources"].pop("max_failures", None)  # retries do not change the result
+    if "ingest" in tree:  # zstd is lossless: every level gives the same shards, hence the same run;
+        tree["ingest"]["codec_level"] = 3  # hashed as level 3, the default runs were named with
     blob = json.dumps(tree, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
 

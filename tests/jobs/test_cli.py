@@ -71,3 +71,13 @@ def test_entry_script_runs_as_a_file(repo_root, tmp_path):
                           cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "phase 3: run ctvlp-phase3-" in proc.stdout and "--- resolved spec" in proc.stdout
+
+
+def test_run_names_do_not_depend_on_the_shard_codec_level():
+    """zstd is lossless, so ``ingest.codec_level`` cannot change a phase's result: the default's
+    move from 3 to 1 left every run its name (names of the default spec pinned as they were)."""
+    names = lambda spec: [run_name(resolve_phase(spec, p), p) for p in (1, 2, 3, 4)]  # noqa: E731
+    base = load_spec(None, ["storage.root=/runs"])
+    assert names(base) == ["ctvlp-phase1-19fb3d1f94", "ctvlp-phase2-a34b1cae01", "ctvlp-phase3-42c99ced05",
+                           "ctvlp-phase4-cd8aa9f842"]
+    assert names(load_spec(None, ["storage.root=/runs", "ingest.codec_level=9"])) == names(base)
